@@ -1,0 +1,26 @@
+"""Test session setup: 8 simulated CPU devices, full float32 matmul precision."""
+
+import os
+import pathlib
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+SHARED = ROOT.parent / "shared"
+TINY_GOLDEN = SHARED / "reference" / "flow3r_tiny"
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.exists():
+        pytest.skip(f"reference data not found at {SHARED}")
+    return SHARED
