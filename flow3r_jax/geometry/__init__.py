@@ -1,0 +1,1 @@
+"""Camera and point geometry shared by data, losses and evaluation."""
