@@ -1,0 +1,60 @@
+"""Orbax checkpoints holding the train state and the Grain data-iterator position together.
+
+One CheckpointManager per run directory, items "state" (TrainState: step, params, buffers, optimizer
+state) and "data_iter" (the Grain iterator state, one file per process). Saves are asynchronous and
+happen every `checkpoint.every_steps` steps or when the job reaches a preemption sync point (Orbax
+asks every process at the same step); only finalised checkpoints are ever restored. Restoring takes
+the abstract state of the *current* run, so a checkpoint written under one mesh loads onto another.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import save_decision_policy
+
+STATE_ITEM = "state"
+DATA_ITEM = "data_iter"
+
+
+def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
+    """Manager for `directory` (created if absent) with the config's interval, keep-N and async mode."""
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=save_decision_policy.AnySavePolicy([
+            save_decision_policy.FixedIntervalPolicy(ckpt_cfg.every_steps),
+            save_decision_policy.PreemptionCheckpointingPolicy(),
+        ]),
+        max_to_keep=ckpt_cfg.keep,
+        enable_async_checkpointing=ckpt_cfg.async_save,
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=(STATE_ITEM, DATA_ITEM))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, force: bool = False) -> bool:
+    """Saves (asynchronously) if `step` is on the interval, a preemption point, or `force`."""
+    args = ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state),
+        DATA_ITEM: grain.checkpoint.CheckpointSave(data_iter),
+    })
+    return manager.save(step, args=args, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step: int | None = None):
+    """Restores `step` (default: the latest) onto the shardings of `abstract_state`.
+
+    abstract_state: pytree of jax.ShapeDtypeStruct with `sharding` set (the target mesh). data_iter,
+    if given, is moved in place to the saved position. Returns the state, or None when the directory
+    holds no finalised checkpoint.
+    """
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None
+    items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+        items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored[STATE_ITEM]
