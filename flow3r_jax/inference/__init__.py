@@ -1,0 +1,1 @@
+"""Inference on user images or videos: preprocessing, chunked prediction, export and visualisation."""

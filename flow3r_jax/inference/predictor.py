@@ -1,0 +1,134 @@
+"""Running a model on a long image sequence: chunked forward with a shared anchor frame.
+
+pi3/Flow3r reconstructs all frames of a forward pass jointly, and memory grows with the number of
+frames (global attention over N x tokens). Sequences longer than `chunk_size` frames are split into
+chunks that each contain frame 0 (the anchor) followed by up to chunk_size - 1 further frames. Each
+chunk's prediction is moved into the first chunk's frame with the similarity transform that maps
+the chunk's anchor camera onto the first chunk's anchor camera: the scale is the median ratio of
+the anchor's local depths (first chunk / this chunk) and the rotation/translation those of the two
+anchor poses. Flow for a requested pair (i, j) comes from the chunk holding both frames, or, when
+they are in different chunks, from a two-frame forward pass on (i, j).
+
+`predict_fn(images, pair_indices) -> outputs` is any function with the model's output contract
+(see `model_predict_fn`); numpy in, numpy out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+PredictFn = Callable[[np.ndarray, np.ndarray | None], dict]
+
+
+def model_predict_fn(model) -> PredictFn:
+    """Wraps an nnx model into a jitted numpy predict function (one compile per input shape)."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, images, pair_indices):
+        return nnx.merge(graphdef, state)(images, pair_indices)
+
+    def predict(images, pair_indices):
+        pairs = None if pair_indices is None else np.asarray(pair_indices, np.int32)
+        out = forward(state, np.asarray(images, np.float32), pairs)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    return predict
+
+
+def chunk_frames(num_frames: int, chunk_size: int) -> list[np.ndarray]:
+    """Frame indices per chunk: [0, 1..c-1], [0, c..2c-2], ... (every chunk starts with frame 0)."""
+    if chunk_size < 2 and num_frames > 1:
+        raise ValueError(f"chunk_size must be >= 2 to chunk {num_frames} frames, got {chunk_size}")
+    if num_frames <= chunk_size:
+        return [np.arange(num_frames)]
+    rest = np.arange(1, num_frames)
+    step = chunk_size - 1
+    return [np.concatenate([[0], rest[s:s + step]]) for s in range(0, len(rest), step)]
+
+
+def _similarity_to_reference(anchor_pose, anchor_depth, reference_pose, reference_depth):
+    """(scale, 4x4 rigid) mapping a chunk's world frame onto the reference chunk's world frame."""
+    valid = (anchor_depth > 0) & (reference_depth > 0)
+    scale = float(np.median(reference_depth[valid] / anchor_depth[valid])) if valid.any() else 1.0
+    scaled_anchor = anchor_pose.copy()
+    scaled_anchor[:3, 3] *= scale
+    return scale, reference_pose @ np.linalg.inv(scaled_anchor)
+
+
+def _apply_similarity(out: dict, scale: float, rigid: np.ndarray) -> dict:
+    poses = out["camera_poses"].copy()
+    poses[..., :3, 3] *= scale
+    poses = rigid @ poses
+    points = out["points"] * scale
+    points = points @ rigid[:3, :3].T + rigid[:3, 3]
+    return {**out, "camera_poses": poses, "points": points, "local_points": out["local_points"] * scale}
+
+
+def predict_sequence(predict_fn: PredictFn, images: np.ndarray, pairs: np.ndarray | None = None,
+                     chunk_size: int = 64, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """images (N, H, W, 3) in [0, 1] -> numpy outputs without the batch axis.
+
+    Returns points/local_points (N, H, W, 3), conf (N, H, W, 1), camera_poses (N, 4, 4) and, when
+    `pairs` (S, 2) is given, flow (S, H, W, 2) in NDC target coordinates.
+    """
+    num_frames = images.shape[0]
+    pairs = None if pairs is None or len(pairs) == 0 else np.asarray(pairs, np.int32).reshape(-1, 2)
+    if pairs is not None and (pairs.min() < 0 or pairs.max() >= num_frames):
+        raise ValueError(f"pair indices {pairs.tolist()} out of range for {num_frames} frames")
+    chunks = chunk_frames(num_frames, chunk_size)
+    merged: dict[str, np.ndarray] = {}
+    flow = {} if pairs is not None else None
+    reference = None
+    for frames in tqdm(chunks, desc="forward", unit="chunk", disable=not show_progress or len(chunks) == 1):
+        position = {int(f): k for k, f in enumerate(frames)}
+        local_pairs = [] if pairs is None else [(s, position[i], position[j]) for s, (i, j) in enumerate(pairs)
+                                                if i in position and j in position and s not in flow]
+        chunk_pairs = np.array([[p[1], p[2]] for p in local_pairs], np.int32)[None] if local_pairs else None
+        out = {k: v[0] for k, v in predict_fn(images[frames][None], chunk_pairs).items()}
+        if reference is None:
+            reference = (out["camera_poses"][0], out["local_points"][0, ..., 2])
+        else:
+            scale, rigid = _similarity_to_reference(out["camera_poses"][0], out["local_points"][0, ..., 2],
+                                                    *reference)
+            out = _apply_similarity(out, scale, rigid)
+        for key in ("points", "local_points", "conf", "camera_poses"):
+            if key not in merged:
+                merged[key] = np.zeros((num_frames,) + out[key].shape[1:], out[key].dtype)
+            merged[key][frames] = out[key]
+        for k, (s, _, _) in enumerate(local_pairs):
+            flow[s] = out["flow"][k]
+    if pairs is not None:
+        for s, (i, j) in enumerate(pairs):
+            if s not in flow:
+                out = predict_fn(images[[i, j]][None], np.array([[[0, 1]]], np.int32))
+                flow[s] = out["flow"][0, 0]
+        merged["flow"] = np.stack([flow[s] for s in range(len(pairs))], axis=0)
+    return merged
+
+
+def estimate_intrinsics(local_points: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W, 3) camera-frame points -> (N, 3, 3) pinhole K with the principal point at the centre.
+
+    Focal lengths fx, fy are the least-squares solutions of u - cx = fx * x / z and
+    v - cy = fy * y / z over valid pixels (z > 0), pixel (0, 0) the centre of the top-left pixel.
+    """
+    n, h, w, _ = local_points.shape
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    ks = np.zeros((n, 3, 3))
+    for f in range(n):
+        z = local_points[f, ..., 2].astype(np.float64)
+        ok = z > 1e-8 if valid is None else valid[f] & (z > 1e-8)
+        xn = np.where(ok, local_points[f, ..., 0] / np.where(ok, z, 1.0), 0.0)
+        yn = np.where(ok, local_points[f, ..., 1] / np.where(ok, z, 1.0), 0.0)
+        fx = np.sum(xn * (u - cx)) / max(np.sum(xn * xn), 1e-12)
+        fy = np.sum(yn * (v - cy)) / max(np.sum(yn * yn), 1e-12)
+        ks[f] = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+    return ks
