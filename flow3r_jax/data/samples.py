@@ -1,0 +1,98 @@
+"""One decoded clip -> one training sample in the batch contract (unbatched arrays, numpy).
+
+Sample keys and shapes (the batch contract without the leading B):
+  images (N, H, W, 3) float32 [0, 1]; depth (N, H, W) float32, 0 where unknown; valid_mask (N, H, W) bool;
+  points (N, H, W, 3) float32 world, 0 where invalid; camera_poses (N, 4, 4) float32 camera-to-world;
+  intrinsics (N, 3, 3) float32; is_labeled () bool; normal_ok () bool; pair_indices (S, 2) int32;
+  flow_coords (S, H, W, 2) float32 NDC of the target frame; flow_mask (S, H, W) float32 [0, 1].
+
+Labeled samples take depth, validity (stored mask and depth > 0), intrinsics and poses from the record;
+world points are unprojected at source resolution (ray K^-1 [x, y, 1] times depth, then camera-to-world)
+and resampled like depth, so points, depth and flow of a pixel all come from the same source pixel.
+Unlabeled samples (and every sample of a source declared unlabeled) have zero depth/points, all-False
+validity, identity poses and nominal intrinsics: focal max(H_src, W_src), principal point at the image
+centre, passed through the same crop. Padding pairs have identity flow and a zero mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flow3r_jax.data.records import Clip, RecordError, decode_frames
+from flow3r_jax.data.sampling import FrameSelection
+from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow
+from flow3r_jax.geometry.camera import depth_to_local_points
+from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
+from flow3r_jax.geometry.transforms import transform_points
+
+SAMPLE_KEYS = ("images", "depth", "valid_mask", "points", "camera_poses", "intrinsics", "is_labeled",
+               "normal_ok", "pair_indices", "flow_coords", "flow_mask")
+_FLOAT_KEYS = ("images", "depth", "points", "camera_poses", "intrinsics", "flow_coords", "flow_mask")
+
+
+def build_sample(clip: Clip, selection: FrameSelection, crop: CropResize, jitter: ColorJitter | None,
+                 labeled: bool, where: str) -> dict[str, np.ndarray]:
+    """Decode, crop/resize and (optionally) colour-jitter the selected frames of `clip`.
+
+    `labeled` says whether the clip's source provides 3D labels; a labeled source whose record has none
+    raises RecordError. Every float output is checked to be finite (RecordError naming `where`).
+    """
+    frames = selection.frames
+    source_hw = (clip.height, clip.width)
+    try:
+        images = crop.resize_images(decode_frames(clip, frames))
+    except RecordError as err:
+        raise RecordError(f"{where}: {err}") from err
+    if jitter is not None:
+        images = apply_color_jitter(images, jitter)
+    if labeled and not clip.is_labeled:
+        raise RecordError(f"{where}: the source is declared labeled but the record has no 3D labels")
+    sample = {"images": images}
+    sample.update(_labels(clip, frames, crop) if labeled else _no_labels(len(frames), source_hw, crop))
+    sample["normal_ok"] = np.asarray(labeled and clip.normal_ok)
+    sample["pair_indices"] = selection.pair_indices.astype(np.int32)
+    sample["flow_coords"], sample["flow_mask"] = _flow(clip, selection.pair_rows, crop)
+    for key in _FLOAT_KEYS:
+        if not np.all(np.isfinite(sample[key])):
+            raise RecordError(f"{where}: non-finite values in {key} of the decoded sample")
+    return {key: sample[key] for key in SAMPLE_KEYS}
+
+
+def _labels(clip: Clip, frames: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
+    depth = clip.depth[frames]
+    valid = clip.valid_mask[frames] & np.isfinite(depth) & (depth > 0)
+    depth = np.where(valid, depth, 0.0).astype(np.float32)
+    intrinsics = clip.intrinsics[frames].astype(np.float64)
+    poses = clip.camera_poses[frames].astype(np.float64)
+    world = transform_points(poses, depth_to_local_points(depth.astype(np.float64), intrinsics))
+    world = np.where(valid[..., None], world, 0.0).astype(np.float32)
+    return {"depth": crop.sample_nearest(depth), "valid_mask": crop.sample_nearest(valid),
+            "points": crop.sample_nearest(world), "camera_poses": poses.astype(np.float32),
+            "intrinsics": crop.transform_intrinsics(intrinsics), "is_labeled": np.asarray(True)}
+
+
+def _no_labels(num_frames: int, source_hw: tuple[int, int], crop: CropResize) -> dict[str, np.ndarray]:
+    height, width = crop.out_height, crop.out_width
+    focal = float(max(source_hw))
+    nominal = np.array([[focal, 0.0, (source_hw[1] - 1) / 2.0], [0.0, focal, (source_hw[0] - 1) / 2.0],
+                        [0.0, 0.0, 1.0]])
+    return {"depth": np.zeros((num_frames, height, width), np.float32),
+            "valid_mask": np.zeros((num_frames, height, width), bool),
+            "points": np.zeros((num_frames, height, width, 3), np.float32),
+            "camera_poses": np.broadcast_to(np.eye(4, dtype=np.float32), (num_frames, 4, 4)).copy(),
+            "intrinsics": np.broadcast_to(crop.transform_intrinsics(nominal), (num_frames, 3, 3)).copy(),
+            "is_labeled": np.asarray(False)}
+
+
+def _flow(clip: Clip, pair_rows: np.ndarray, crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
+    height, width = crop.out_height, crop.out_width
+    identity = pixel_to_ndc(pixel_grid(height, width, np), height, width).astype(np.float32)
+    coords = np.empty((len(pair_rows), height, width, 2), np.float32)
+    masks = np.zeros((len(pair_rows), height, width), np.float32)
+    for k, row in enumerate(pair_rows):
+        if row < 0:
+            coords[k] = identity
+        else:
+            coords[k], masks[k] = transform_flow(clip.flow_coords[row], clip.flow_mask[row],
+                                                 (clip.height, clip.width), crop, crop)
+    return coords, masks

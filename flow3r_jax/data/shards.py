@@ -1,0 +1,83 @@
+"""Random access to the clip records of a set of ArrayRecord shards, naming every record by file#index.
+
+`ShardRecords` is a Grain random-access data source over `grain.sources.ArrayRecordDataSource`. Reading
+a record never raises: a record that cannot be read comes back as a `RawRecord` with `data=None` and the
+reader's error, so the pipeline decides between failing loudly and a counted skip.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import itertools
+import os
+from typing import NamedTuple
+
+import grain
+from array_record.python import array_record_module
+
+SHARD_SUFFIX = ".array_record"
+
+
+class RawRecord(NamedTuple):
+    """One stored record: its index in the source, "<file>#<index in file>", bytes (None if unreadable)."""
+
+    index: int
+    where: str
+    data: bytes | None
+    error: str | None
+
+
+def shard_paths(path: str) -> list[str]:
+    """Sorted shard files of `path`: a directory (every *.array_record inside) or a glob pattern."""
+    pattern = os.path.join(path, "*" + SHARD_SUFFIX) if os.path.isdir(path) else path
+    paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not paths:
+        raise FileNotFoundError(f"no ArrayRecord shards match {path!r} (looked for {pattern!r})")
+    return paths
+
+
+def count_records(path: str) -> int:
+    """Number of records of one shard; raises ValueError naming the file when it cannot be opened."""
+    try:
+        reader = array_record_module.ArrayRecordReader(path)
+    except Exception as err:  # the reader raises bare RuntimeErrors, often without a message
+        raise ValueError(f"{path}: cannot open ArrayRecord shard (truncated or corrupt?): "
+                         f"{type(err).__name__} {err}") from err
+    try:
+        return reader.num_records()
+    finally:
+        reader.close()
+
+
+class ShardRecords(grain.sources.RandomAccessDataSource):
+    """The records of `paths` in order; element i is a `RawRecord` (index i modulo the length)."""
+
+    def __init__(self, paths: list[str]):
+        self._paths = list(paths)
+        self._counts = [count_records(p) for p in self._paths]
+        self._ends = list(itertools.accumulate(self._counts))
+        self._length = self._ends[-1] if self._ends else 0
+        if self._length == 0:
+            raise ValueError(f"the shards {self._paths} hold no records")
+        self._source = grain.sources.ArrayRecordDataSource(
+            [f"{p}[0:{n}]" for p, n in zip(self._paths, self._counts) if n])
+
+    def __len__(self) -> int:
+        return self._length
+
+    def where(self, index: int) -> str:
+        """"<shard file>#<index within that file>" of record `index`."""
+        index %= self._length
+        shard = bisect.bisect_right(self._ends, index)
+        return f"{self._paths[shard]}#{index - self._ends[shard] + self._counts[shard]}"
+
+    def __getitem__(self, index: int) -> RawRecord:
+        index = int(index) % self._length
+        try:
+            return RawRecord(index, self.where(index), self._source[index], None)
+        except Exception as err:  # the reader raises bare RuntimeErrors for corrupt chunks
+            return RawRecord(index, self.where(index), None, f"{type(err).__name__}: {err}")
+
+    def __repr__(self) -> str:
+        return f"ShardRecords({len(self._paths)} shards, {self._length} records)"
