@@ -71,6 +71,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from flow3r_jax.data.records import RecordError, decode_clip
 from flow3r_jax.data.sampling import (batch_resolution, resolution_list, sample_rng,
@@ -135,6 +136,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
                                                        prefetch_buffer_size=_get(data_cfg, "read_buffer_size", 4)))
     worker_count = _get(data_cfg, "worker_count", 0)
     if worker_count > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; keep their defaults
+            flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=worker_count, per_worker_buffer_size=_get(data_cfg, "worker_buffer_size", 2)))
     return iter(stream.map(corrupt_counter or CorruptRecordCounter()))

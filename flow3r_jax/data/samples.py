@@ -47,6 +47,9 @@ def build_sample(clip: Clip, selection: FrameSelection, crop: CropResize, jitter
         images = apply_color_jitter(images, jitter)
     if labeled and not clip.is_labeled:
         raise RecordError(f"{where}: the source is declared labeled but the record has no 3D labels")
+    for key in ("intrinsics", "camera_poses") if labeled else ():
+        if not np.all(np.isfinite(getattr(clip, key)[frames])):
+            raise RecordError(f"{where}: non-finite values in the record's {key}")
     sample = {"images": images}
     sample.update(_labels(clip, frames, crop) if labeled else _no_labels(len(frames), source_hw, crop))
     sample["normal_ok"] = np.asarray(labeled and clip.normal_ok)

@@ -41,13 +41,13 @@ def count_records(path: str) -> int:
     """Number of records of one shard; raises ValueError naming the file when it cannot be opened."""
     try:
         reader = array_record_module.ArrayRecordReader(path)
+        try:
+            return reader.num_records()
+        finally:
+            reader.close()
     except Exception as err:  # the reader raises bare RuntimeErrors, often without a message
         raise ValueError(f"{path}: cannot open ArrayRecord shard (truncated or corrupt?): "
                          f"{type(err).__name__} {err}") from err
-    try:
-        return reader.num_records()
-    finally:
-        reader.close()
 
 
 class ShardRecords(grain.sources.RandomAccessDataSource):
