@@ -1,0 +1,1 @@
+"""Interchange with the official PyTorch checkpoints of Flow3r and pi3."""
