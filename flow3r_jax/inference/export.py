@@ -197,3 +197,36 @@ def write_flow_maps(folder: str | pathlib.Path, flow_px: np.ndarray, pairs: np.n
     folder = pathlib.Path(folder)
     for (i, j), flow in zip(np.asarray(pairs), flow_px):
         write_png(folder / f"flow_{int(i):04d}_{int(j):04d}.png", flow_to_color(flow))
+
+
+def export_prediction(out_dir: str | pathlib.Path, images: np.ndarray, outputs: dict, intrinsics: np.ndarray,
+                      pairs: np.ndarray | None = None, conf_threshold: float = DEFAULT_CONF_THRESHOLD,
+                      write_glb_file: bool = True) -> dict:
+    """Writes everything predict.py produces for one sequence into out_dir; returns the metadata.
+
+    images (N, H, W, 3) in [0, 1]; outputs without batch axis (points, local_points, conf,
+    camera_poses, and flow (S, H, W, 2) NDC when pairs (S, 2) is given); intrinsics (N, 3, 3).
+    Files: points.ply, scene.glb (if write_glb_file), cameras.json, maps/depth_*.png, maps/conf_*.png,
+    flow/flow_i_j.png, prediction.json (metadata, incl. the depth PNG scale).
+    """
+    from flow3r_jax.geometry.ndc import ndc_coords_to_pixel_flow
+
+    out_dir = pathlib.Path(out_dir)
+    n, height, width, _ = images.shape
+    depth = outputs["local_points"][..., 2]
+    conf = outputs["conf"][..., 0]
+    keep = keep_mask(conf, depth, conf_threshold)
+    points, colors = outputs["points"][keep], images[keep]
+    write_ply(out_dir / "points.ply", points, colors)
+    if write_glb_file:
+        write_glb(out_dir / "scene.glb", points, np.round(colors * 255).astype(np.uint8), outputs["camera_poses"],
+                  intrinsics, width, height)
+    write_cameras_json(out_dir / "cameras.json", outputs["camera_poses"], intrinsics, width, height)
+    metadata = {"num_frames": n, "height": height, "width": width, "num_points": int(keep.sum()),
+                "conf_threshold": conf_threshold, "depth_edge_rtol": DEPTH_EDGE_RTOL,
+                **write_depth_maps(out_dir / "maps", depth, sigmoid(conf))}
+    if pairs is not None and len(pairs):
+        write_flow_maps(out_dir / "flow", ndc_coords_to_pixel_flow(np.asarray(outputs["flow"]), np), pairs)
+        metadata["pairs"] = np.asarray(pairs).tolist()
+    write_json(out_dir / "prediction.json", metadata)
+    return metadata
