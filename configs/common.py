@@ -52,9 +52,10 @@ def get_base_config() -> ml_collections.ConfigDict:
         # Parameter groups, first match wins: [regex on the "a/b/c" parameter path, lr multiplier,
         # weight decay on (True) / off (False), frozen]. Unmatched parameters: multiplier 1, decay on.
         param_groups=[],
-        # Parameters never decayed even in a decaying group: norms, biases, tokens, position
-        # embeddings, LayerScale gammas and every parameter of rank <= 1.
-        no_decay_patterns=["norm", r"(^|/)bias$", "token", "pos_embed", r"(^|/)gamma$", r"(^|/)ls\d*/"],
+        # Parameters never decayed, even in a decaying group (regexes on the path): norms, biases
+        # (also fused qkv biases), class / register tokens, position embeddings, LayerScale gammas.
+        # Parameters of rank <= 1 are never decayed either.
+        no_decay_patterns=["norm", "bias$", "token", "pos_embed", "gamma$"],
     ))
 
     c.loss = default_loss_config()

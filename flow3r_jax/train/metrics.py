@@ -1,0 +1,79 @@
+"""Training metrics: CLU writers, windowed scalar summaries, throughput and image summaries.
+
+Only process 0 writes TensorBoard event files (under `<workdir>/tensorboard`); the other processes
+only log. Scalars per logging window: the mean of every per-step metric returned by the train step
+(total loss, each loss term, grad / param norms, learning rate), the number of skipped (non-finite)
+steps in the window and since the start, step time and frames per second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from flow3r_jax.geometry import ndc
+from flow3r_jax.inference import visualize
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + logging on process 0, logging only elsewhere."""
+    return metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0, asynchronous=True)
+
+
+class ScalarWindow:
+    """Collects per-step metric dicts (device arrays, fetched lazily) between two log points."""
+
+    def __init__(self, frames_per_step: int):
+        self.frames_per_step = frames_per_step
+        self.skipped_total = 0
+        self._steps: list[dict] = []
+        self._start = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self._steps.append(metrics)
+
+    def summary(self) -> dict[str, float]:
+        """Window means, skipped-step counts and throughput; resets the window."""
+        elapsed = time.perf_counter() - self._start
+        steps = jax.device_get(self._steps)
+        count = len(steps)
+        out = {k: float(np.mean([s[k] for s in steps], dtype=np.float64)) for k in steps[0] if k != "skipped"}
+        skipped = int(sum(int(s["skipped"]) for s in steps))
+        self.skipped_total += skipped
+        out.update(skipped_steps=skipped, skipped_steps_total=self.skipped_total,
+                   step_time_s=elapsed / count, frames_per_second=count * self.frames_per_step / elapsed)
+        self._steps = []
+        self._start = time.perf_counter()
+        return out
+
+
+def _pixel_flow(coords_ndc: np.ndarray) -> np.ndarray:
+    return ndc.ndc_coords_to_pixel_flow(np.asarray(coords_ndc, np.float32), np)
+
+
+def prediction_images(batch: dict, outputs: dict) -> dict[str, np.ndarray]:
+    """Side-by-side images of the first sample, as (1, H, 3W, 3) uint8 arrays.
+
+    "depth": input frame 0 | target depth | predicted depth (z of local_points).
+    "flow":  input frame i of pair 0 | target flow | predicted flow (same colour scale, pixels;
+             target pixels outside the flow mask drawn black).
+    """
+    image = np.round(np.asarray(batch["images"][0, 0]) * 255).astype(np.uint8)
+    target_depth = visualize.colorize_depth(batch["depth"][0, 0], batch["valid_mask"][0, 0])
+    pred_depth = visualize.colorize_depth(np.asarray(outputs["local_points"][0, 0, ..., 2]))
+    images = {"depth": np.concatenate([image, target_depth, pred_depth], axis=1)[None]}
+    if "flow" in outputs:
+        i = int(batch["pair_indices"][0, 0, 0])
+        source = np.round(np.asarray(batch["images"][0, i]) * 255).astype(np.uint8)
+        target = _pixel_flow(batch["flow_coords"][0, 0])
+        target = np.where(np.asarray(batch["flow_mask"][0, 0])[..., None] > 0.5, target, np.nan)
+        pred = _pixel_flow(outputs["flow"][0, 0])
+        scale = float(np.nanmax(np.linalg.norm(target, axis=-1), initial=1.0))
+        images["flow"] = np.concatenate([source, visualize.flow_to_color(target, scale),
+                                         visualize.flow_to_color(pred, scale)], axis=1)[None]
+    return images
