@@ -7,8 +7,8 @@ Sample keys and shapes (the batch contract without the leading B):
   flow_coords (S, H, W, 2) float32 NDC of the target frame; flow_mask (S, H, W) float32 [0, 1].
 
 Labeled samples take depth, validity (stored mask and depth > 0), intrinsics and poses from the record;
-world points are unprojected at source resolution (ray K^-1 [x, y, 1] times depth, then camera-to-world)
-and resampled like depth, so points, depth and flow of a pixel all come from the same source pixel.
+world points are those of the nearest source pixel (its ray K^-1 [x, y, 1] times its depth, then
+camera-to-world), so the depth, points and flow of an output pixel all come from one source pixel.
 Unlabeled samples (and every sample of a source declared unlabeled) have zero depth/points, all-False
 validity, identity poses and nominal intrinsics: focal max(H_src, W_src), principal point at the image
 centre, passed through the same crop. Padding pairs have identity flow and a zero mask.
@@ -21,9 +21,7 @@ import numpy as np
 from flow3r_jax.data.records import Clip, RecordError, decode_frames
 from flow3r_jax.data.sampling import FrameSelection
 from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow
-from flow3r_jax.geometry.camera import depth_to_local_points
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
-from flow3r_jax.geometry.transforms import transform_points
 
 SAMPLE_KEYS = ("images", "depth", "valid_mask", "points", "camera_poses", "intrinsics", "is_labeled",
                "normal_ok", "pair_indices", "flow_coords", "flow_mask")
@@ -62,15 +60,20 @@ def build_sample(clip: Clip, selection: FrameSelection, crop: CropResize, jitter
 
 
 def _labels(clip: Clip, frames: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
-    depth = clip.depth[frames]
-    valid = clip.valid_mask[frames] & np.isfinite(depth) & (depth > 0)
+    rows, cols = crop.nearest_source_index()
+    at_output = (frames[:, None, None], rows[None, :, None], cols[None, None, :])
+    depth = clip.depth[at_output]
+    valid = clip.valid_mask[at_output] & np.isfinite(depth) & (depth > 0)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     intrinsics = clip.intrinsics[frames].astype(np.float64)
     poses = clip.camera_poses[frames].astype(np.float64)
-    world = transform_points(poses, depth_to_local_points(depth.astype(np.float64), intrinsics))
-    world = np.where(valid[..., None], world, 0.0).astype(np.float32)
-    return {"depth": crop.sample_nearest(depth), "valid_mask": crop.sample_nearest(valid),
-            "points": crop.sample_nearest(world), "camera_poses": poses.astype(np.float32),
+    source_pixels = np.stack([*np.meshgrid(cols, rows), np.ones((len(rows), len(cols)))], axis=-1)
+    world = np.empty(depth.shape + (3,), np.float32)
+    for k in range(len(frames)):
+        pixel_to_world = poses[k, :3, :3] @ np.linalg.inv(intrinsics[k])
+        world[k] = (source_pixels @ pixel_to_world.T) * depth[k, ..., None] + poses[k, :3, 3]
+    world[~valid] = 0.0
+    return {"depth": depth, "valid_mask": valid, "points": world, "camera_poses": poses.astype(np.float32),
             "intrinsics": crop.transform_intrinsics(intrinsics), "is_labeled": np.asarray(True)}
 
 
