@@ -137,7 +137,8 @@ def write_glb(path: str | pathlib.Path, points: np.ndarray, colors: np.ndarray, 
     colors = np.asarray(colors, np.uint8).reshape(-1, 3)
     scene = trimesh.Scene()
     rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
-    scene.add_geometry(trimesh.PointCloud(points, colors=rgba), geom_name="points")
+    if len(points):
+        scene.add_geometry(trimesh.PointCloud(points, colors=rgba), geom_name="points")
     extent = float(np.linalg.norm(points.max(0) - points.min(0))) if len(points) else 1.0
     for n, (pose, k) in enumerate(zip(camera_poses, intrinsics)):
         vertices, faces = frustum_mesh(np.asarray(pose, np.float64), np.asarray(k, np.float64), width, height,
