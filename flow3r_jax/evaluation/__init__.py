@@ -1,0 +1,1 @@
+"""Evaluation of Flow3r: benchmark metrics (`metrics`), benchmark loaders and runners."""
