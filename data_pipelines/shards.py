@@ -1,0 +1,192 @@
+"""ArrayRecord clip shards and their manifest.
+
+Layout of a dataset directory::
+
+    <prefix>-NNNNN-of-MMMMM.array_record        one clip record per entry (flow3r_jax.data.records),
+                                               written with options "group_size:1" (random access)
+    <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources, build
+    manifest.json                              written last: record_version, prefix, num_shards,
+                                               total_records, build, sources, shards (the entries)
+
+Input item k (a synthetic clip index, a video file, a scene) always goes to shard k mod M, so a rerun
+rebuilds exactly the shards whose entry is missing or does not match; finished shards are skipped.
+Every file is written under a temporary name and renamed into place, so a crash leaves no half-written
+shard, entry or manifest. The manifest exists only once every shard is finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import uuid
+from typing import Iterable, Iterator
+
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from flow3r_jax.data.records import RECORD_VERSION, Clip, RecordError, decode_clip, encode_clip
+
+MANIFEST_NAME = "manifest.json"
+WRITER_OPTIONS = "group_size:1"
+
+
+def shard_filename(prefix: str, index: int, num_shards: int) -> str:
+    """`<prefix>-NNNNN-of-MMMMM.array_record`."""
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.array_record"
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Write `text` to a temporary sibling of `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iterable[tuple[str, bytes]],
+                build: dict) -> dict:
+    """Write (source_id, record bytes) pairs as shard `index` plus its entry file; returns the entry."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / shard_filename(prefix, index, num_shards)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+    sources = []
+    try:
+        for source_id, record in records:
+            writer.write(record)
+            sources.append(source_id)
+    finally:
+        writer.close()
+    if not sources:
+        tmp.unlink()
+        raise ValueError(f"{path}: no records to write (shard {index} of {num_shards} got no input)")
+    os.replace(tmp, path)
+    entry = {"file": path.name, "num_records": len(sources), "sha256": file_sha256(path),
+             "sources": sources, "build": build}
+    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
+    return entry
+
+
+def finished_shard(out_dir, prefix: str, index: int, num_shards: int, build: dict) -> dict | None:
+    """The entry of shard `index` if its file and entry exist, match each other and `build`; else None."""
+    path = pathlib.Path(out_dir) / shard_filename(prefix, index, num_shards)
+    entry_path = path.with_name(path.name + ".json")
+    if not (path.exists() and entry_path.exists()):
+        return None
+    entry = json.loads(entry_path.read_text())
+    if entry.get("build") != build or entry.get("sha256") != file_sha256(path):
+        return None
+    return entry
+
+
+def write_manifest(out_dir, prefix: str, entries: list[dict], build: dict) -> dict:
+    """Write manifest.json for the finished shards `entries` (one per shard, in shard order)."""
+    manifest = {"record_version": RECORD_VERSION, "prefix": prefix, "num_shards": len(entries),
+                "total_records": sum(e["num_records"] for e in entries), "build": build,
+                "sources": [s for e in entries for s in e["sources"]],
+                "shards": [{k: e[k] for k in ("file", "num_records", "sha256")} for e in entries]}
+    atomic_write_text(pathlib.Path(out_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def read_manifest(out_dir) -> dict | None:
+    """manifest.json of `out_dir`, or None when there is none."""
+    path = pathlib.Path(out_dir) / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def complete_manifest(out_dir, build: dict) -> dict | None:
+    """The manifest if it was written for `build` and every shard it lists exists with its checksum."""
+    manifest = read_manifest(out_dir)
+    if manifest is None or manifest.get("build") != build or manifest.get("record_version") != RECORD_VERSION:
+        return None
+    for shard in manifest["shards"]:
+        path = pathlib.Path(out_dir) / shard["file"]
+        if not path.exists() or file_sha256(path) != shard["sha256"]:
+            return None
+    return manifest
+
+
+def shard_paths(out_dir) -> list[pathlib.Path]:
+    """Shard files listed in the manifest of `out_dir`, in shard order."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{pathlib.Path(out_dir) / MANIFEST_NAME} not found")
+    return [pathlib.Path(out_dir) / s["file"] for s in manifest["shards"]]
+
+
+def read_clips(path) -> Iterator[Clip]:
+    """Decode every record of one shard; RecordError names "<shard file>#<index>"."""
+    path = pathlib.Path(path)
+    try:
+        reader = ArrayRecordReader(str(path))
+    except Exception as err:  # the reader raises a bare RuntimeError/ValueError on a damaged file
+        raise RecordError(f"{path.name}: cannot open shard: {err}") from err
+    try:
+        for index in range(reader.num_records()):
+            try:
+                data = reader.read([index])[0]
+            except Exception as err:
+                raise RecordError(f"{path.name}#{index}: cannot read record: {err}") from err
+            yield decode_clip(data, f"{path.name}#{index}")
+    finally:
+        reader.close()
+
+
+def build_synthetic_shards(out_dir, num_clips: int, num_shards: int, seed: int, height: int, width: int,
+                           frames_per_clip: int, pairs_per_clip: int, dynamic: bool, *,
+                           image_format: str = "jpeg", num_workers: int = 1, prefix: str = "synthetic") -> dict:
+    """Build (or find already built) `num_clips` synthetic clips in `num_shards` shards; returns the manifest.
+
+    Clip k uses seed `synthetic_clip_seed(seed, k)` and goes to shard k mod num_shards, so the result does
+    not depend on `num_workers`. Idempotent: a complete manifest for the same arguments means nothing to
+    do; otherwise only shards without a matching entry are (re)built.
+    """
+    if num_clips < num_shards:
+        raise ValueError(f"num_clips ({num_clips}) must be >= num_shards ({num_shards})")
+    build = {"kind": "synthetic", "num_clips": num_clips, "seed": seed, "height": height, "width": width,
+             "frames_per_clip": frames_per_clip, "pairs_per_clip": pairs_per_clip, "dynamic": dynamic,
+             "image_format": image_format}
+    manifest = complete_manifest(out_dir, build)
+    if manifest is not None:
+        return manifest
+    jobs = [(str(out_dir), prefix, index, num_shards, build) for index in range(num_shards)]
+    if num_workers > 1:
+        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+            entries = pool.starmap(_build_synthetic_shard, jobs)
+    else:
+        entries = [_build_synthetic_shard(*job) for job in jobs]
+    return write_manifest(out_dir, prefix, entries, build)
+
+
+def synthetic_clip_seed(seed: int, index: int) -> int:
+    """Seed of synthetic clip `index` of a dataset built with `seed`."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _build_synthetic_shard(out_dir: str, prefix: str, index: int, num_shards: int, build: dict) -> dict:
+    from data_pipelines.synthetic import synthetic_record
+
+    entry = finished_shard(out_dir, prefix, index, num_shards, build)
+    if entry is not None:
+        return entry
+
+    def records():
+        for k in range(index, build["num_clips"], num_shards):
+            clip = synthetic_record(synthetic_clip_seed(build["seed"], k), build["height"], build["width"],
+                                    build["frames_per_clip"], build["pairs_per_clip"], build["dynamic"],
+                                    build["image_format"])
+            yield clip.source_id, encode_clip(clip)
+
+    return write_shard(out_dir, prefix, index, num_shards, records(), build)

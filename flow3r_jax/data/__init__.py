@@ -1,0 +1,1 @@
+"""Clip records and the input pipeline."""
