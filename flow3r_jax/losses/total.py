@@ -24,7 +24,7 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg):
     flow_coords, flow_mask; others unused). loss_cfg: see `default_loss_config`.
     Returns (total scalar, terms): unweighted terms point, normal, camera_translation, camera_rotation,
     camera (= alpha * translation + rotation), conf, flow; weighted terms "<name>_weighted" for point,
-    normal, camera, conf, flow; point_scale (mean solved scale over labelled samples); nonfinite_count.
+    normal, camera, conf, flow; point_scale (mean solved scale over finite labelled samples); nonfinite_count.
     """
     local_points = jnp.asarray(outputs["local_points"])
     pred_poses = jnp.asarray(outputs["camera_poses"])
@@ -94,7 +94,7 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg):
         "flow_weighted": loss_cfg.flow_weight * flow_value,
     }
     total = sum(weighted.values())
-    labeled_count = jnp.sum(has_points)
+    scaled = has_points & geometry_finite
     terms = {
         "point": point.value,
         "normal": normal.value,
@@ -104,7 +104,7 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg):
         "conf": conf_value,
         "flow": flow_value,
         **weighted,
-        "point_scale": jnp.sum(jnp.where(has_points, points.scale, 0.0)) / jnp.maximum(labeled_count, 1),
+        "point_scale": jnp.sum(jnp.where(scaled, points.scale, 0.0)) / jnp.maximum(jnp.sum(scaled), 1),
         "nonfinite_count": nonfinite,
     }
     return total, terms
