@@ -140,8 +140,21 @@ def read_clips(path) -> Iterator[Clip]:
             except Exception as err:
                 raise RecordError(f"{path.name}#{index}: cannot read record: {err}") from err
             yield decode_clip(data, f"{path.name}#{index}")
-    finally:
+    except BaseException:
+        _close_quietly(reader)
+        raise
+    try:
         reader.close()
+    except Exception as err:
+        raise RecordError(f"{path.name}: corrupted shard: {err}") from err
+
+
+def _close_quietly(reader) -> None:
+    """Close a reader whose shard already failed; the first error is the one reported."""
+    try:
+        reader.close()
+    except Exception:  # a damaged file may fail again on close; the caller is raising already
+        pass
 
 
 def build_synthetic_shards(out_dir, num_clips: int, num_shards: int, seed: int, height: int, width: int,
