@@ -40,7 +40,12 @@ class ScoringSettings:
 
 
 def camera_metrics(kind: str, pred_poses: np.ndarray, gt_poses: np.ndarray, settings: ScoringSettings) -> dict:
-    """(N, 4, 4) predicted and GT camera-to-world -> the kind's camera metrics (see module docstring)."""
+    """(N, 4, 4) predicted and GT camera-to-world -> the kind's camera metrics (see module docstring).
+
+    A single-frame sequence has no frame pairs: it gets no camera metrics (empty dict).
+    """
+    if len(gt_poses) < 2:
+        return {}
     if kind == "dynamic":
         errors = camera_metrics_lib.trajectory_metrics(pred_poses, gt_poses)
         return {"ATE": float(errors["ate"]), "RPE-t": float(errors["rpe_trans"]), "RPE-r": float(errors["rpe_rot"])}
