@@ -4,9 +4,11 @@ Layout of a dataset directory::
 
     <prefix>-NNNNN-of-MMMMM.array_record        one clip record per entry (flow3r_jax.data.records),
                                                written with options "group_size:1" (random access)
-    <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources, build
+    <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources,
+                                               failures (inputs that produced nothing, and why), build
     manifest.json                              written last: record_version, prefix, num_shards,
-                                               total_records, build, sources, shards (the entries)
+                                               total_records, build, num_failures, failures, sources,
+                                               shards (file, num_records, sha256 of each)
 
 Input item k (a synthetic clip index, a video file, a scene) always goes to shard k mod M, so a rerun
 rebuilds exactly the shards whose entry is missing or does not match; finished shards are skipped.
@@ -54,8 +56,9 @@ def file_sha256(path: pathlib.Path) -> str:
 
 
 def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iterable[tuple[str, bytes]],
-                build: dict) -> dict:
-    """Write (source_id, record bytes) pairs as shard `index` plus its entry file; returns the entry."""
+                build: dict, failures: list[dict] | None = None) -> dict:
+    """Write (source_id, record bytes) pairs as shard `index` plus its entry file; returns the entry.
+    `failures` ({"source", "error"} of inputs of this shard that produced nothing) go into the entry."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / shard_filename(prefix, index, num_shards)
@@ -68,12 +71,9 @@ def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iter
             sources.append(source_id)
     finally:
         writer.close()
-    if not sources:
-        tmp.unlink()
-        raise ValueError(f"{path}: no records to write (shard {index} of {num_shards} got no input)")
     os.replace(tmp, path)
     entry = {"file": path.name, "num_records": len(sources), "sha256": file_sha256(path),
-             "sources": sources, "build": build}
+             "sources": sources, "failures": failures or [], "build": build}
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
     return entry
 
@@ -92,8 +92,10 @@ def finished_shard(out_dir, prefix: str, index: int, num_shards: int, build: dic
 
 def write_manifest(out_dir, prefix: str, entries: list[dict], build: dict) -> dict:
     """Write manifest.json for the finished shards `entries` (one per shard, in shard order)."""
+    failures = [f for e in entries for f in e["failures"]]
     manifest = {"record_version": RECORD_VERSION, "prefix": prefix, "num_shards": len(entries),
                 "total_records": sum(e["num_records"] for e in entries), "build": build,
+                "num_failures": len(failures), "failures": failures,
                 "sources": [s for e in entries for s in e["sources"]],
                 "shards": [{k: e[k] for k in ("file", "num_records", "sha256")} for e in entries]}
     atomic_write_text(pathlib.Path(out_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
@@ -162,7 +164,7 @@ def build_synthetic_shards(out_dir, num_clips: int, num_shards: int, seed: int, 
                            image_format: str = "jpeg", num_workers: int = 1, prefix: str = "synthetic") -> dict:
     """Build (or find already built) `num_clips` synthetic clips in `num_shards` shards; returns the manifest.
 
-    Clip k uses seed `synthetic_clip_seed(seed, k)` and goes to shard k mod num_shards, so the result does
+    Clip k uses seed `input_seed(seed, k)` and goes to shard k mod num_shards, so the result does
     not depend on `num_workers`. Idempotent: a complete manifest for the same arguments means nothing to
     do; otherwise only shards without a matching entry are (re)built.
     """
@@ -183,8 +185,8 @@ def build_synthetic_shards(out_dir, num_clips: int, num_shards: int, seed: int, 
     return write_manifest(out_dir, prefix, entries, build)
 
 
-def synthetic_clip_seed(seed: int, index: int) -> int:
-    """Seed of synthetic clip `index` of a dataset built with `seed`."""
+def input_seed(seed: int, index: int) -> int:
+    """Seed of input `index` (synthetic clip, video) of a dataset built with `seed`."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
@@ -197,7 +199,7 @@ def _build_synthetic_shard(out_dir: str, prefix: str, index: int, num_shards: in
 
     def records():
         for k in range(index, build["num_clips"], num_shards):
-            clip = synthetic_record(synthetic_clip_seed(build["seed"], k), build["height"], build["width"],
+            clip = synthetic_record(input_seed(build["seed"], k), build["height"], build["width"],
                                     build["frames_per_clip"], build["pairs_per_clip"], build["dynamic"],
                                     build["image_format"])
             yield clip.source_id, encode_clip(clip)

@@ -1,0 +1,141 @@
+"""Apache Beam job: video files (or synthetic clip seeds) -> N ArrayRecord clip shards + manifest.
+
+One Beam element per shard to build: input k goes to shard k mod N (data_pipelines/shards.py), the
+shards are spread over workers by a Reshuffle, and each worker streams its inputs into one shard file
+(temp name, then rename) and its entry file. Any runner works (DirectRunner by default; pass Beam
+pipeline options, e.g. ["--runner=DataflowRunner", ...]); `out_dir` must be a filesystem path the
+workers share.
+
+Failures: an input that raises while being turned into records (undecodable or too-short video, a
+pseudo-flow error, ...) contributes no records; it is listed with the reason in its shard entry, in
+manifest.json ("failures", "num_failures") and in failures.jsonl, and the job goes on. Reruns: shards
+whose entry matches the file checksum and the build settings are skipped, so finished work is never
+duplicated; manifest.json is written by the driver once every shard is finished.
+Progress: Beam counters in namespace "flow3r_shards" (inputs_ok, inputs_failed, clips_written,
+shards_written) and one log line per finished shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from data_pipelines.shards import (atomic_write_text, complete_manifest, finished_shard, input_seed, write_manifest,
+                                   write_shard)
+from data_pipelines.video import VideoClipConfig
+
+FAILURES_NAME = "failures.jsonl"
+_NAMESPACE = "flow3r_shards"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """Settings of synthetic inputs; each input is a clip seed (int)."""
+
+    height: int = 112
+    width: int = 154
+    frames_per_clip: int = 8
+    pairs_per_clip: int = 8
+    dynamic: bool = False
+    image_format: str = "jpeg"
+
+
+def build_shards_beam(inputs: list, out_dir, num_shards: int, *, source: str = "video",
+                      video_config: VideoClipConfig = VideoClipConfig(), estimator: str = "dis",
+                      estimator_kwargs: dict | None = None, synthetic: SyntheticSpec = SyntheticSpec(),
+                      seed: int = 0, prefix: str = "clips", pipeline_args: list[str] | None = None) -> dict:
+    """Run the shard job over `inputs` (video paths for source="video", int seeds for "synthetic");
+    returns the manifest. Does nothing when `out_dir` already holds a complete manifest of this build."""
+    if source not in ("video", "synthetic"):
+        raise ValueError(f"source must be 'video' or 'synthetic', got {source!r}")
+    if not 0 < num_shards <= len(inputs):
+        raise ValueError(f"num_shards must be in [1, {len(inputs)}] (number of inputs), got {num_shards}")
+    inputs = [str(x) if source == "video" else int(x) for x in inputs]
+    build = {"source": source, "seed": seed, "estimator": estimator, "estimator_kwargs": estimator_kwargs or {},
+             "settings": dataclasses.asdict(video_config if source == "video" else synthetic),
+             "num_inputs": len(inputs), "inputs_sha256": hashlib.sha256(json.dumps(inputs).encode()).hexdigest()}
+    manifest = complete_manifest(out_dir, build)
+    if manifest is not None:
+        logging.info("%s: complete manifest found, nothing to do", out_dir)
+        return manifest
+    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    todo = [s for s in range(num_shards) if finished_shard(out_dir, prefix, s, num_shards, build) is None]
+    logging.info("%s: %d of %d shards to build", out_dir, len(todo), num_shards)
+    if todo:
+        jobs = [(s, [(k, inputs[k]) for k in range(s, len(inputs), num_shards)]) for s in todo]
+        with beam.Pipeline(options=PipelineOptions(pipeline_args or [])) as pipeline:
+            _ = (pipeline | "Shards" >> beam.Create(jobs) | "Spread" >> beam.Reshuffle()
+                 | "Write" >> beam.ParDo(_WriteShardFn(str(out_dir), prefix, num_shards, build)))
+    entries = [finished_shard(out_dir, prefix, s, num_shards, build) for s in range(num_shards)]
+    missing = [s for s, e in enumerate(entries) if e is None]
+    if missing:
+        raise RuntimeError(f"{out_dir}: shards {missing} were not written; rerun to finish them")
+    failures = [json.dumps(f) for e in entries for f in e["failures"]]
+    atomic_write_text(pathlib.Path(out_dir) / FAILURES_NAME, "".join(line + "\n" for line in failures))
+    return write_manifest(out_dir, prefix, entries, build)
+
+
+class _WriteShardFn(beam.DoFn):
+    """(shard index, [(input index, input)]) -> one finished shard file + entry (see module doc)."""
+
+    def __init__(self, out_dir: str, prefix: str, num_shards: int, build: dict):
+        self._out_dir, self._prefix, self._num_shards, self._build = out_dir, prefix, num_shards, build
+        self._inputs_ok = beam.metrics.Metrics.counter(_NAMESPACE, "inputs_ok")
+        self._inputs_failed = beam.metrics.Metrics.counter(_NAMESPACE, "inputs_failed")
+        self._clips_written = beam.metrics.Metrics.counter(_NAMESPACE, "clips_written")
+        self._shards_written = beam.metrics.Metrics.counter(_NAMESPACE, "shards_written")
+
+    def setup(self):
+        self._records_of = _record_maker(self._build)
+
+    def process(self, job):
+        shard, items = job
+        failures = []
+
+        def records():
+            for index, item in items:
+                try:
+                    produced = list(self._records_of(index, item))
+                except Exception as err:  # one bad input must not stop the job; it is reported instead
+                    logging.warning("shard %d: input %s failed: %s", shard, item, err)
+                    failures.append({"source": str(item), "error": f"{type(err).__name__}: {err}"})
+                    self._inputs_failed.inc()
+                    continue
+                self._inputs_ok.inc()
+                self._clips_written.inc(len(produced))
+                yield from produced
+
+        entry = write_shard(self._out_dir, self._prefix, shard, self._num_shards, records(), self._build, failures)
+        self._shards_written.inc()
+        logging.info("shard %d/%d written: %d clips, %d failed inputs", shard + 1, self._num_shards,
+                     entry["num_records"], len(failures))
+        yield entry["file"]
+
+
+def _record_maker(build: dict):
+    """build -> function (input index, input) -> list of (source_id, record bytes)."""
+    from data_pipelines.pseudo_flow import make_estimator
+    from data_pipelines.synthetic import synthetic_record
+    from data_pipelines.video import video_records
+    from flow3r_jax.data.records import encode_clip
+
+    settings = build["settings"]
+    if build["source"] == "synthetic":
+        def synthetic_records(index, seed):
+            clip = synthetic_record(seed, settings["height"], settings["width"], settings["frames_per_clip"],
+                                    settings["pairs_per_clip"], settings["dynamic"], settings["image_format"])
+            return [(clip.source_id, encode_clip(clip))]
+        return synthetic_records
+
+    config = VideoClipConfig(**settings)
+    estimator = make_estimator(build["estimator"], **build["estimator_kwargs"])
+
+    def video_clip_records(index, path):
+        return [(c.source_id, encode_clip(c)) for c in video_records(path, config, estimator, input_seed(build["seed"], index))]
+    return video_clip_records

@@ -1,0 +1,70 @@
+"""Beam DirectRunner shard job on videos encoded in the test, one of them corrupt; reruns skip finished work."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_pipelines.beam_pipeline import FAILURES_NAME, SyntheticSpec, build_shards_beam
+from data_pipelines.shards import file_sha256, read_clips, shard_paths
+from data_pipelines.synthetic import generate_clip
+from data_pipelines.video import VideoClipConfig
+from test_video_ingest import write_video
+
+CONFIG = VideoClipConfig(target_fps=10, clip_length=3, clip_stride=3, target_pixels=42 * 56, pairs_per_clip=2)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    paths = []
+    for k, (name, codec) in enumerate([("a.mp4", "libx264"), ("b.mov", "mpeg4"), ("c.webm", "libvpx")]):
+        path = root / name
+        write_video(path, generate_clip(20 + k, 48, 64, 6, dynamic=k == 1).images, fps=10, codec=codec)
+        paths.append(str(path))
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes(open(paths[0], "rb").read()[:300])
+    return paths[:2] + [str(corrupt)] + paths[2:]
+
+
+def test_beam_job_reports_failure_and_rerun_skips_finished_shards(tmp_path, videos):
+    out = tmp_path / "shards"
+    manifest = build_shards_beam(videos, out, num_shards=2, video_config=CONFIG, prefix="video")
+    # Three good videos of 6 frames at 10 fps -> 2 clips of 3 frames each; the corrupt one fails.
+    assert manifest["total_records"] == 6 and manifest["num_shards"] == 2
+    assert manifest["num_failures"] == 1 and manifest["failures"][0]["source"].endswith("corrupt.mp4")
+    assert "corrupt.mp4" in manifest["failures"][0]["error"]
+    failures = [json.loads(line) for line in (out / FAILURES_NAME).read_text().splitlines()]
+    assert failures == manifest["failures"]
+    sources = sorted(manifest["sources"])
+    assert sources == sorted(f"{v}#{k}" for v in videos if "corrupt" not in v for k in range(2))
+    clips = [c for p in shard_paths(out) for c in read_clips(p)]
+    assert sorted(c.source_id for c in clips) == sources
+    assert all(c.height == 42 and c.width == 56 and c.flow_pairs.shape == (2, 2) for c in clips)
+    for shard in manifest["shards"]:
+        assert file_sha256(out / shard["file"]) == shard["sha256"]
+
+    mtimes = {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()}
+    assert build_shards_beam(videos, out, num_shards=2, video_config=CONFIG, prefix="video") == manifest
+    assert {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()} == mtimes
+
+    # An interrupted job (manifest and one shard missing) redoes only the missing shard.
+    first, second = shard_paths(out)
+    (out / "manifest.json").unlink()
+    second.unlink()
+    rebuilt = build_shards_beam(videos, out, num_shards=2, video_config=CONFIG, prefix="video")
+    assert rebuilt["total_records"] == 6 and os.stat(first).st_mtime_ns == mtimes[first.name]
+    assert sorted(rebuilt["sources"]) == sources and rebuilt["shards"][0] == manifest["shards"][0]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_beam_job_on_synthetic_seeds(tmp_path):
+    spec = SyntheticSpec(height=28, width=42, frames_per_clip=3, pairs_per_clip=2, dynamic=True)
+    manifest = build_shards_beam([5, 6, 7], tmp_path, num_shards=2, source="synthetic", synthetic=spec)
+    assert manifest["total_records"] == 3 and manifest["num_failures"] == 0
+    clips = {c.source_id: c for p in shard_paths(tmp_path) for c in read_clips(p)}
+    assert len(clips) == 3 and all(c.is_labeled for c in clips.values())
+    depth = generate_clip(6, 28, 42, 3, dynamic=True).depth
+    match = [c for c in clips.values() if "seed=6:" in c.source_id][0]
+    np.testing.assert_allclose(match.depth, depth, rtol=2.0 ** -11)
