@@ -3,6 +3,8 @@
 pipeline: clips/s and frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py) per worker
 count, against the pure JPEG decode rate of the same frames in one process (the physical bound of a
 single process; with W workers the bound is about W times higher on W free cores).
+pseudo_flow: flow fields/s of the pseudo-flow estimators (data_pipelines/pseudo_flow.py, one direction,
+one process) and their end-point error against the exact flow of synthetic clips, per frame gap.
 """
 
 from __future__ import annotations
@@ -60,7 +62,31 @@ def benchmark_pipeline(args) -> None:
         print(f"{workers:>8d} {clips_per_s:>10.1f} {frames_per_s:>10.1f} {frames_per_s / decode_fps:>10.2f}")
 
 
-SECTIONS = {"pipeline": benchmark_pipeline}
+def benchmark_pseudo_flow(args) -> None:
+    """Print a table: estimator, frame gap, flow fields/s, EPE on co-visible pixels and on kept pixels,
+    fraction of co-visible pixels the forward-backward mask keeps, fraction of occluded pixels it keeps."""
+    from data_pipelines.pseudo_flow import estimator_epe, make_estimator
+    from data_pipelines.synthetic import generate_clip
+
+    clips = [generate_clip(seed, args.clip_height, args.clip_width, args.clip_frames, dynamic=seed % 2 == 1)
+             for seed in range(args.flow_clips)]
+    print(f"{args.flow_clips} synthetic clips of {args.clip_height}x{args.clip_width} (half dynamic)")
+    print(f"{'estimator':>14} {'gap':>4} {'fields/s':>9} {'EPE px':>7} {'EPE kept':>9} {'kept':>6} {'occl kept':>10}")
+    for preset in args.dis_presets:
+        estimator = make_estimator("dis", preset=preset)
+        start = time.perf_counter()
+        for clip in clips:
+            for i in range(args.clip_frames - 1):
+                estimator(clip.images[i], clip.images[i + 1])
+        fields_per_s = len(clips) * (args.clip_frames - 1) / (time.perf_counter() - start)
+        for gap in args.flow_gaps:
+            pairs = [(i, i + gap) for i in range(0, args.clip_frames - gap, gap)]
+            stats = estimator_epe(estimator, clips, pairs)
+            print(f"{'dis/' + preset:>14} {gap:>4d} {fields_per_s:>9.1f} {stats['epe']:>7.2f} "
+                  f"{stats['epe_kept']:>9.2f} {stats['kept_fraction']:>6.2f} {stats['occluded_kept']:>10.2f}")
+
+
+SECTIONS = {"pipeline": benchmark_pipeline, "pseudo_flow": benchmark_pseudo_flow}
 
 
 def main() -> None:
@@ -80,6 +106,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--flow_clips", type=int, default=8, help="pseudo_flow: synthetic clips evaluated")
+    parser.add_argument("--flow_gaps", type=int, nargs="+", default=[1, 2, 4], help="pseudo_flow: frame gaps")
+    parser.add_argument("--dis_presets", nargs="+", default=["fast", "medium"], help="pseudo_flow: DIS presets")
     args = parser.parse_args()
     for name in args.section or sorted(SECTIONS):
         print(f"== {name} ==")
