@@ -45,7 +45,7 @@ class AlternatingDecoder(nnx.Module):
 
         (last, before_last), _ = scan_layers(
             _Pair(self.frame_blocks, self.global_blocks), (tokens, tokens), pair_step, self.remat_policy)
-        return jnp.concatenate([before_last, last], axis=-1)
+        return constrain(jnp.concatenate([before_last, last], axis=-1), ("batch", "tokens", "act_embed"))
 
 
 class _Pair(nnx.Module):
@@ -70,7 +70,7 @@ class OutputDecoder(nnx.Module):
         self.linear_out = linear(cfg.embed_dim, out_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
 
     def __call__(self, hidden, positions):
-        x = self.projects(hidden)
+        x = constrain(self.projects(hidden), ("batch", "tokens", "act_embed"))
 
         def step(blk, h):
             h = blk(h, positions, self.rope_base)
