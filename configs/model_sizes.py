@@ -23,10 +23,14 @@ def _base(enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, head_dim
     m.heads = ml_collections.ConfigDict(dict(
         embed_dim=head_dim, depth=5, num_heads=head_heads, mlp_ratio=4,
         point_out_dim=point_out, camera_out_dim=camera_out))
-    # flow_head.type: "factored" (the paper's head) or "none" (pi3: geometry only).
+    # flow_head.type: "factored" (the paper's head), "tracking" (appearance-only correlation head),
+    # "projective" (flow from the predicted points and poses, no parameters) or "none" (pi3: geometry
+    # only). `tracking` holds the tracking head's own settings (descriptor channels of its DPT decoder,
+    # pooling stride of the correlation, softmax temperature on cosine similarities).
     m.flow_head = ml_collections.ConfigDict(dict(
         type="factored", features=flow_features, out_channels=tuple(flow_channels), head_features=32,
-        pos_embed_ratio=0.1))
+        pos_embed_ratio=0.1,
+        tracking=ml_collections.ConfigDict(dict(descriptor_dim=32, corr_stride=2, temperature=0.05))))
     # Compute dtype of the transformer trunk; heads always run in float32. Parameters stay float32.
     m.dtype = "float32"
     # Rematerialisation of each transformer block: "none", "full" (save nothing) or "dots"

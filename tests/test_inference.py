@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from flow3r_jax.geometry.camera import depth_to_local_points
+from flow3r_jax.geometry.camera import depth_to_local_points, intrinsics_from_local_points
 from flow3r_jax.geometry.ndc import pixel_flow_to_ndc_coords
 from flow3r_jax.geometry.transforms import transform_points
 from flow3r_jax.inference import export, preprocess, visualize
-from flow3r_jax.inference.predictor import chunk_frames, estimate_intrinsics, predict_sequence
+from flow3r_jax.inference.predictor import chunk_frames, predict_sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_chunked_prediction_merges_into_one_frame():
 
 def test_estimate_intrinsics_recovers_pinhole():
     depth, intrinsics, _ = _scene(2)
-    np.testing.assert_allclose(estimate_intrinsics(depth_to_local_points(depth, intrinsics)), intrinsics, atol=1e-9)
+    np.testing.assert_allclose(intrinsics_from_local_points(depth_to_local_points(depth, intrinsics)), intrinsics, atol=1e-9)
 
 
 def test_export_prediction_writes_files_that_load_back(tmp_path):

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
 
     from flow3r_jax.inference.checkpoint import load_model
     from flow3r_jax.inference.export import export_prediction, keep_mask
-    from flow3r_jax.inference.predictor import estimate_intrinsics, model_predict_fn, predict_sequence
+    from flow3r_jax.geometry.camera import intrinsics_from_local_points
+    from flow3r_jax.inference.predictor import model_predict_fn, predict_sequence
     from flow3r_jax.inference.preprocess import load_images
 
     images = load_images(args.input, pixel_limit=args.pixel_limit, interval=args.interval)[0]
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     model = load_model(args.model, args.checkpoint, random_init=args.random_init, seed=args.seed)
     outputs = predict_sequence(model_predict_fn(model), images, args.pairs, chunk_size=args.chunk_size)
     valid = keep_mask(outputs["conf"][..., 0], outputs["local_points"][..., 2], args.conf_threshold)
-    intrinsics = estimate_intrinsics(outputs["local_points"], valid)
+    intrinsics = intrinsics_from_local_points(outputs["local_points"], valid)
     metadata = export_prediction(args.out, images, outputs, intrinsics, args.pairs, args.conf_threshold,
                                  write_glb_file=not args.no_glb)
     print(f"wrote {metadata['num_points']} points, {images.shape[0]} cameras and maps to {args.out}")

@@ -6,6 +6,8 @@ Intrinsics are 3x3 in pixel units with (0, 0) the centre of the top-left pixel; 
 
 from typing import NamedTuple
 
+import numpy as np
+
 from flow3r_jax.geometry import ndc
 from flow3r_jax.geometry._backend import array_module
 from flow3r_jax.geometry.transforms import se3_inverse, transform_points
@@ -38,6 +40,32 @@ def project_points(points, intrinsics):
     z = points[..., 2]
     safe_z = xp.where(xp.abs(projected[..., 2]) > 1e-12, projected[..., 2], 1.0)
     return projected[..., :2] / safe_z[..., None], z
+
+
+def intrinsics_from_local_points(local_points, valid=None, min_depth: float = 1e-8):
+    """(*batch, H, W, 3) camera-frame points -> (*batch, 3, 3) pinhole K with the principal point at the
+    image centre ((W - 1) / 2, (H - 1) / 2).
+
+    The focal lengths are the least-squares solutions of u - cx = fx * x / z and v - cy = fy * y / z over
+    the pixels with z > min_depth (and `valid`, (*batch, H, W) bool, when given). numpy input is solved
+    in float64; jax input stays in its dtype and is differentiable.
+    """
+    xp = array_module(local_points)
+    local_points = local_points.astype(xp.float64) if xp is np else local_points
+    dtype = local_points.dtype
+    height, width = local_points.shape[-3:-1]
+    pixels = ndc.pixel_grid(height, width, xp).astype(dtype)
+    du, dv = pixels[..., 0] - (width - 1) / 2.0, pixels[..., 1] - (height - 1) / 2.0
+    z = local_points[..., 2]
+    usable = z > min_depth if valid is None else xp.asarray(valid, bool) & (z > min_depth)
+    safe_z = xp.where(usable, z, 1.0)
+    xn = xp.where(usable, local_points[..., 0] / safe_z, 0.0)
+    yn = xp.where(usable, local_points[..., 1] / safe_z, 0.0)
+    fx = xp.sum(xn * du, axis=(-2, -1)) / xp.maximum(xp.sum(xn * xn, axis=(-2, -1)), 1e-12)
+    fy = xp.sum(yn * dv, axis=(-2, -1)) / xp.maximum(xp.sum(yn * yn, axis=(-2, -1)), 1e-12)
+    zeros, ones = xp.zeros_like(fx), xp.ones_like(fx)
+    rows = [[fx, zeros, zeros + (width - 1) / 2.0], [zeros, fy, zeros + (height - 1) / 2.0], [zeros, zeros, ones]]
+    return xp.stack([xp.stack(row, axis=-1) for row in rows], axis=-2)
 
 
 class Reprojection(NamedTuple):

@@ -111,24 +111,3 @@ def predict_sequence(predict_fn: PredictFn, images: np.ndarray, pairs: np.ndarra
                 flow[s] = out["flow"][0, 0]
         merged["flow"] = np.stack([flow[s] for s in range(len(pairs))], axis=0)
     return merged
-
-
-def estimate_intrinsics(local_points: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """(N, H, W, 3) camera-frame points -> (N, 3, 3) pinhole K with the principal point at the centre.
-
-    Focal lengths fx, fy are the least-squares solutions of u - cx = fx * x / z and
-    v - cy = fy * y / z over valid pixels (z > 0), pixel (0, 0) the centre of the top-left pixel.
-    """
-    n, h, w, _ = local_points.shape
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    ks = np.zeros((n, 3, 3))
-    for f in range(n):
-        z = local_points[f, ..., 2].astype(np.float64)
-        ok = z > 1e-8 if valid is None else valid[f] & (z > 1e-8)
-        xn = np.where(ok, local_points[f, ..., 0] / np.where(ok, z, 1.0), 0.0)
-        yn = np.where(ok, local_points[f, ..., 1] / np.where(ok, z, 1.0), 0.0)
-        fx = np.sum(xn * (u - cx)) / max(np.sum(xn * xn), 1e-12)
-        fy = np.sum(yn * (v - cy)) / max(np.sum(yn * yn), 1e-12)
-        ks[f] = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
-    return ks

@@ -110,6 +110,9 @@ def _flow_head():
 
 def key_rules(cfg) -> list[KeyRule]:
     """All parameter rules for a model config (configs/model_sizes.py), in PyTorch state_dict order."""
+    if cfg.flow_head.type == "tracking":
+        raise ValueError("model.flow_head.type 'tracking' has no PyTorch key layout (the released model has "
+                         "the factored head); only 'factored', 'projective' and 'none' models convert")
     rules = [KeyRule("register_token", ("register_token",), "copy")]
     rules += [KeyRule(f"encoder.{n}", ("encoder", n), "copy") for n in ("cls_token", "pos_embed", "register_tokens")]
     rules += _conv("encoder.patch_embed.proj", ("encoder", "patch_embed"))

@@ -1,4 +1,4 @@
-"""Flow3r: the pi3 multi-view trunk plus the factored flow head.
+"""Flow3r: the pi3 multi-view trunk plus a flow head (the factored one by default).
 
 Inputs are channel-last images (B, N, H, W, 3) in [0, 1] with H, W multiples of the patch size (14);
 the model normalises them with the ImageNet mean/std itself. Outputs (all float32):
@@ -6,8 +6,13 @@ the model normalises them with the ImageNet mean/std itself. Outputs (all float3
   points       (B, N, H, W, 3)  local_points moved to the common world frame by the predicted poses
   conf         (B, N, H, W, 1)  confidence logit
   camera_poses (B, N, 4, 4)     camera-to-world, OpenCV axes, rotation in SO(3)
-  flow         (B, S, H, W, 2)  only when pair_indices (B, S, 2) is given and the flow head exists:
-                                NDC coordinates in image j of every pixel of image i, pair s = (i, j)
+  flow         (B, S, H, W, 2)  only when pair_indices (B, S, 2) is given and flow_head.type is not
+                                "none": NDC coordinates in image j of every pixel of image i, pair s = (i, j)
+
+Flow head types (cfg.flow_head.type): "factored" (the paper's: geometry latents of i, pose latent of j),
+"tracking" (appearance only: correlation of per-frame descriptors, models/tracking_head.py),
+"projective" (no parameters: predicted points of i projected with the predicted poses and intrinsics
+estimated from the points, models/projective_flow.py), "none" (pi3: no flow output).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from flow3r_jax.models.decoder import AlternatingDecoder, OutputDecoder
 from flow3r_jax.models.encoder import Encoder
 from flow3r_jax.models.flow_head import FactoredFlowHead
 from flow3r_jax.models.heads import CameraHead, PatchLinearHead
+from flow3r_jax.models.projective_flow import projective_flow
 from flow3r_jax.models.rope import token_positions
+from flow3r_jax.models.tracking_head import TrackingFlowHead
 from flow3r_jax.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-FLOW_HEAD_TYPES = ("factored", "none")
+FLOW_HEAD_TYPES = ("factored", "tracking", "projective", "none")
 
 
 class Flow3r(nnx.Module):
@@ -37,6 +44,7 @@ class Flow3r(nnx.Module):
         dtype = DTYPES[cfg.dtype]
         common = dict(attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy, dtype=dtype, rngs=rngs)
         self.patch_size = cfg.patch_size
+        self.flow_head_type = cfg.flow_head.type
         self.image_mean = tuple(cfg.image_mean)
         self.image_std = tuple(cfg.image_std)
         self.num_register_tokens = cfg.decoder.num_register_tokens
@@ -56,6 +64,8 @@ class Flow3r(nnx.Module):
         self.camera_head = CameraHead(heads.camera_out_dim, rngs=rngs)
         if cfg.flow_head.type == "factored":
             self.flow_head = FactoredFlowHead(heads.embed_dim, cfg.flow_head, cfg.patch_size, rngs=rngs)
+        elif cfg.flow_head.type == "tracking":
+            self.flow_head = TrackingFlowHead(heads.embed_dim, cfg.flow_head, cfg.patch_size, rngs=rngs)
         else:
             self.flow_head = None
 
@@ -95,11 +105,18 @@ class Flow3r(nnx.Module):
         points = jnp.einsum("bnij,bnhwj->bnhwi", poses[..., :3, :3], local_points) + poses[:, :, None, None, :3, 3]
         out = {"points": points, "local_points": local_points, "conf": conf, "camera_poses": poses}
 
-        if pair_indices is not None and self.flow_head is not None:
-            levels = point_blocks.shape[0]
-            point_levels = [point_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
-            camera_levels = [camera_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
-            out["flow"] = self.flow_head(point_levels, camera_levels, pair_indices, (h, w))
+        if pair_indices is None or self.flow_head_type == "none":
+            return out
+        if self.flow_head_type == "projective":
+            out["flow"] = projective_flow(local_points, poses, pair_indices)
+            return out
+        levels = point_blocks.shape[0]
+        point_levels = [point_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
+        if self.flow_head_type == "tracking":
+            out["flow"] = self.flow_head(point_levels, pair_indices, (h, w))
+            return out
+        camera_levels = [camera_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
+        out["flow"] = self.flow_head(point_levels, camera_levels, pair_indices, (h, w))
         return out
 
 
