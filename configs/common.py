@@ -102,6 +102,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         every_steps=500,
         keep=3,
         async_save=True,
+        # Orbax replica-parallel writes of replicated arrays (see train/checkpointing.py).
+        replica_parallel_save=True,
     ))
 
     c.logging = ml_collections.ConfigDict(dict(

@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.data.width = 42
     c.checkpoint.every_steps = 100
     c.checkpoint.keep = 2
+    c.checkpoint.replica_parallel_save = False   # saves nothing on CPU, costs a compile per shape
     c.logging.every_steps = 10
     c.logging.image_every_steps = 100
     c.eval.every_steps = 100

@@ -36,7 +36,8 @@ def _layout(mesh):
 
 
 def _ckpt_cfg(every=2, keep=2):
-    return ml_collections.ConfigDict(dict(every_steps=every, keep=keep, async_save=True))
+    return ml_collections.ConfigDict(dict(every_steps=every, keep=keep, async_save=True,
+                                                replica_parallel_save=False))
 
 
 def _data_iter():

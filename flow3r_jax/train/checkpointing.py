@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
 
@@ -20,7 +21,15 @@ DATA_ITEM = "data_iter"
 
 
 def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
-    """Manager for `directory` (created if absent) with the config's interval, keep-N and async mode."""
+    """Manager for `directory` (created if absent) with the config's interval, keep-N and async mode.
+
+    ckpt_cfg.replica_parallel_save selects Orbax's replica-parallel writing of replicated arrays
+    (each replica writes a slice): faster on large data-parallel meshes, but its first save compiles
+    a slicing program per array shape, which dominates short CPU runs. The choice is process-wide.
+    """
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=ckpt_cfg.replica_parallel_save),
+        override=True)
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=save_decision_policy.AnySavePolicy([
             save_decision_policy.FixedIntervalPolicy(ckpt_cfg.every_steps),
@@ -29,6 +38,8 @@ def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
         max_to_keep=ckpt_cfg.keep,
         enable_async_checkpointing=ckpt_cfg.async_save,
         create=True,
+        # A killed run can leave a half-written step behind; the resumed run rewrites that step.
+        cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_names=(STATE_ITEM, DATA_ITEM))

@@ -103,7 +103,7 @@ def make_optimizer(opt_cfg, total_steps: int, params) -> optax.GradientTransform
     groups = parse_param_groups(opt_cfg.param_groups)
     labels = param_labels(params, opt_cfg)
     transforms = {FROZEN_LABEL: optax.set_to_zero()}
-    for label in set(jax.tree.leaves(labels)) - {FROZEN_LABEL}:
+    for label in sorted(set(jax.tree.leaves(labels)) - {FROZEN_LABEL}):
         name, decay = label.split(":")
         mult = 1.0 if name == "default" else groups[int(name.removeprefix("group"))].lr_multiplier
         transforms[label] = optax.chain(

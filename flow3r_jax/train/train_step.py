@@ -25,7 +25,7 @@ LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]   # (model outputs, batc
 
 def batch_shardings(batch: dict, mesh: Mesh, rules) -> dict:
     """NamedSharding per batch key: leading (batch) axis on the "batch" rule."""
-    return {k: sharding.batch_sharding(mesh, rules, np.ndim(v)) for k, v in batch.items()}
+    return {k: sharding.batch_sharding(mesh, rules, len(v.shape)) for k, v in batch.items()}
 
 
 def global_batch(local_batch: dict, mesh: Mesh, rules) -> dict:

@@ -1,0 +1,157 @@
+"""End-to-end training of the tiny config on 8 simulated CPU devices (data=2 x fsdp=4 mesh).
+
+- in process: a few steps on one fixed batch with the encoder frozen: losses finite and falling,
+  frozen parameters bit-identical, the others updated;
+- as real `tools/launch.py` processes: one uninterrupted run, and one killed with SIGKILL after its
+  first checkpoint and then relaunched; the relaunched run logs exactly the uninterrupted losses.
+  Its final checkpoint is then restored onto a different mesh (fsdp=8).
+The subprocesses share a persistent XLA compilation cache, so the relaunch does not recompile.
+"""
+
+import glob
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.util import tensor_util
+
+from configs import flow3r_tiny
+from flow3r_jax import sharding
+from flow3r_jax.data import pipeline
+from flow3r_jax.losses import compute_losses
+from flow3r_jax.models import build_model
+from flow3r_jax.train import checkpointing, optimizer, state as state_lib, train_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
+TOTAL_STEPS = 12
+CHECKPOINT_EVERY = 3
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Synthetic data and the XLA compilation cache, shared by every run of this module."""
+    root = tmp_path_factory.mktemp("train_cache")
+    config = _config(root)
+    pipeline.ensure_synthetic_dataset(config.data)
+    return root
+
+
+def _config(cache_root):
+    config = flow3r_tiny.get_config()
+    config.data.cache_dir = str(cache_root / "synthetic")
+    config.mesh.data, config.mesh.fsdp = 2, 4
+    config.optimizer.warmup_steps = 2
+    return config
+
+
+def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_dir):
+    config = _config(cache_dir)
+    config.optimizer.param_groups = FROZEN_ENCODER
+    config.optimizer.warmup_steps = 0
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = sharding.rules_from_config(config.sharding.rules)
+
+    def model_fn(rngs):
+        return build_model(config.model, rngs=rngs)
+
+    layout = state_lib.make_layout(model_fn, lambda p: optimizer.make_optimizer(config.optimizer, 50, p),
+                                   mesh, rules, seed=0)
+    state = state_lib.init_state(layout, model_fn, seed=0)
+    initial = jax.device_get(state.params)
+    local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
+                                              process_count=1))
+    step = train_step.make_train_step(
+        layout, lambda out, batch: compute_losses(out, batch, config.loss),
+        schedule=optimizer.learning_rate_schedule(config.optimizer, 50),
+        frozen=optimizer.frozen_mask(layout.abstract.params, config.optimizer), accum_steps=1,
+        mesh=mesh, rules=rules, example_batch=local)
+    losses = []
+    with sharding.use_rules(mesh, rules):
+        batch = train_step.global_batch(local, mesh, rules)
+        for _ in range(6):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.9 * losses[0], losses
+    final = jax.device_get(state.params)
+    for a, b in zip(jax.tree.leaves(initial["encoder"]), jax.tree.leaves(final["encoder"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(initial["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"],
+                              final["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"])
+
+
+def _launch(cache_root, workdir, *extra):
+    env = dict(os.environ,
+               XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_DEFAULT_MATMUL_PRECISION="highest",
+               JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--config", str(ROOT / "configs" / "flow3r_tiny.py"),
+           "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
+           "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
+           f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
+           "--config.optimizer.warmup_steps=2", *extra]
+    log = open(workdir.parent / f"{workdir.name}.log", "ab")
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _logged(workdir, tag):
+    """{step: value} of a scalar tag over all event files of a run, later files overriding."""
+    files = sorted(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")),
+                   key=lambda f: int(os.path.basename(f).split(".")[3]))
+    import tensorflow as tf
+    values = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values[event.step] = tensor_util.make_ndarray(v.tensor)
+    return values
+
+
+def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, tmp_path):
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    straight = _launch(cache_dir, straight_dir, f"--config.eval.every_steps={TOTAL_STEPS}",
+                       "--config.eval.num_batches=1", f"--config.logging.image_every_steps={TOTAL_STEPS}")
+    killed = _launch(cache_dir, killed_dir, "--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+    first_checkpoint = killed_dir / "checkpoints" / str(CHECKPOINT_EVERY)
+    while killed.poll() is None and not first_checkpoint.exists():
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, (killed_dir.parent / "killed.log").read_text()[-3000:]
+    assert not (killed_dir / "checkpoints" / str(TOTAL_STEPS)).exists()
+    resumed = _launch(cache_dir, killed_dir, "--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+    assert resumed.wait(timeout=600) == 0, (killed_dir.parent / "killed.log").read_text()[-3000:]
+    assert straight.wait(timeout=600) == 0, (straight_dir.parent / "straight.log").read_text()[-3000:]
+
+    expected, got = _logged(straight_dir, "loss"), _logged(killed_dir, "loss")
+    assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert np.isfinite(expected[step])
+        np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
+    assert set(_logged(straight_dir, "eval/flow_epe_px")) == {TOTAL_STEPS}
+
+    config = _config(cache_dir)
+    restored = {}
+    for data, fsdp in ((2, 4), (1, 8)):
+        mesh = sharding.make_mesh(data, fsdp, 1)
+        layout = state_lib.make_layout(lambda rngs: build_model(config.model, rngs=rngs),
+                                       lambda p: optimizer.make_optimizer(config.optimizer, TOTAL_STEPS, p),
+                                       mesh, sharding.rules_from_config(config.sharding.rules), seed=0)
+        manager = checkpointing.make_manager(str(killed_dir / "checkpoints"), config.checkpoint)
+        restored[fsdp] = checkpointing.restore(manager, layout.abstract)
+        manager.close()
+    assert int(restored[8].step) == TOTAL_STEPS
+    kernel = restored[8].params["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"]
+    assert "fsdp" in str(kernel.sharding.spec) and kernel.sharding.mesh.shape["fsdp"] == 8
+    for a, b in zip(jax.tree.leaves(restored[4]), jax.tree.leaves(restored[8]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
