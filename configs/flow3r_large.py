@@ -47,7 +47,16 @@ def get_config(arg=None):
     c.data.height = 392                 # choice: 392 x 518 = 203K pixels, inside pi3's 100K-255K
     c.data.width = 518
     c.data.pairs_per_sample = 8         # choice: one flow pair per frame on average
-    c.data.cache_dir = ""               # must point at the prepared ArrayRecord shards
+    # The shard directories must be given (--config.data.sources=...); see data_pipelines/.
+    # choice: half of each batch from unlabeled video (pseudo-flow only), half from labeled 3D data;
+    # the paper mixes ~834K unlabeled clips with labeled data but gives no ratio.
+    c.data.sources = [
+        {"name": "unlabeled_video", "path": "", "labeled": False, "weight": 0.5},
+        {"name": "labeled", "path": "", "labeled": True, "weight": 0.5},
+    ]
+    c.data.eval_sources = [{"name": "labeled_eval", "path": "", "labeled": True}]
+    c.data.worker_count = 8             # choice: decoding 8 x 392 x 518 clips needs several processes
+    c.data.read_threads = 4
 
     c.checkpoint.every_steps = 1_000    # choice: ~1 checkpoint per hour on a v5p-64 class slice
     c.checkpoint.keep = 3

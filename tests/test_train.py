@@ -26,7 +26,7 @@ from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.losses import compute_losses
 from flow3r_jax.models import build_model
-from flow3r_jax.train import checkpointing, optimizer, state as state_lib, train_step
+from flow3r_jax.train import checkpointing, evaluation, optimizer, state as state_lib, train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
@@ -139,6 +139,7 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
         assert np.isfinite(expected[step])
         np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
     assert set(_logged(straight_dir, "eval/flow_epe_px")) == {TOTAL_STEPS}
+    assert set(_logged(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
 
     config = _config(cache_dir)
     restored = {}
@@ -155,3 +156,20 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
     assert "fsdp" in str(kernel.sharding.spec) and kernel.sharding.mesh.shape["fsdp"] == 8
     for a, b in zip(jax.tree.leaves(restored[4]), jax.tree.leaves(restored[8]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
+    config = _config(cache_dir)
+    batch = pipeline.make_eval_dataset(config.data, batch_size=4)[0]
+    labeled = int(np.flatnonzero(batch["is_labeled"])[0])
+    depth = np.where(batch["valid_mask"], batch["depth"], 1.0)
+    outputs = {"flow": batch["flow_coords"], "camera_poses": batch["camera_poses"],
+               "local_points": np.concatenate([np.zeros(depth.shape + (2,)), 2.0 * depth[..., None]], -1)}
+    result = evaluation.sample_metrics(batch, outputs, labeled)
+    assert result["flow_epe_px"] == 0.0 and result["flow_px3"] == 1.0
+    np.testing.assert_allclose(result["depth_abs_rel"], 0.0, atol=1e-6)  # scale 2 removed by alignment
+    np.testing.assert_allclose(result["rotation_error_deg"], 0.0, atol=1e-3)
+    assert result["rra_30"] == 1.0
+
+    outputs["flow"] = batch["flow_coords"] + np.array([2.0 / (batch["images"].shape[3] - 1), 0.0], np.float32)
+    assert abs(evaluation.sample_metrics(batch, outputs, labeled)["flow_epe_px"] - 1.0) < 1e-4  # 1 px shift

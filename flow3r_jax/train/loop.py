@@ -44,15 +44,16 @@ def check_config(config) -> None:
         raise ValueError(f"eval.batch_size={config.eval.batch_size} not divisible by {jax.process_count()} processes")
 
 
-def _weight_loader(init_cfg):
+def _weight_loader(config):
     """None for a fresh model, else a function importing the PyTorch checkpoint into a model
     (the importer, and the PyTorch-format readers it needs, load only when used)."""
-    if init_cfg.kind == "scratch":
+    if config.init.kind == "scratch":
         return None
     from flow3r_jax.interop.pytorch import import_pytorch_checkpoint
 
-    missing_ok = ("flow_head.",) if init_cfg.kind == "pi3" else ()
-    return lambda model: import_pytorch_checkpoint(init_cfg.checkpoint_path, model, missing_ok=missing_ok)
+    missing_ok = ("flow_head.",) if config.init.kind == "pi3" else ()
+    return lambda model: import_pytorch_checkpoint(config.init.checkpoint_path, model, config.model,
+                                                   missing_ok=missing_ok)
 
 
 def _uses_synthetic_data(data_cfg) -> bool:
@@ -99,7 +100,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), config.checkpoint)
     train_state = checkpointing.restore(manager, layout.abstract, data_iter)
     if train_state is None:
-        train_state = state_lib.init_state(layout, model_fn, config.seed, _weight_loader(config.init))
+        train_state = state_lib.init_state(layout, model_fn, config.seed, _weight_loader(config))
     start_step = int(train_state.step)
     logging.info("starting at step %d of %d", start_step, config.total_steps)
 
@@ -125,28 +126,30 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     window = metrics.ScalarWindow(frames_per_step=config.global_batch_size * config.data.num_frames)
     eval_batches = _eval_batches(config) if config.eval.every_steps else []
 
-    with sharding.use_rules(mesh, rules):
-        local_batches = itertools.chain([first_batch], data_iter)
-        for step in range(start_step + 1, config.total_steps + 1):
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                batch = to_global(next(local_batches))
-                train_state, step_metrics = step_fn(train_state, batch)
-            window.add(step_metrics)
-            for hook in hooks:
-                hook(step)
-            if step % config.logging.every_steps == 0 or step == config.total_steps:
-                writer.write_scalars(step, window.summary())
-            if config.logging.image_every_steps and step % config.logging.image_every_steps == 0:
-                sample_batch, sample_outputs = _first_sample((batch, predict(batch)))
-                writer.write_images(step, metrics.prediction_images(sample_batch, sample_outputs))
-            if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == config.total_steps):
-                results = evaluation.evaluate(predict, eval_batches, to_global)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-            checkpointing.save(manager, step, train_state, data_iter, force=step == config.total_steps)
-            if manager.reached_preemption(step):
-                logging.warning("preemption at step %d: checkpoint saved, stopping", step)
-                break
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    try:
+        with sharding.use_rules(mesh, rules):
+            local_batches = itertools.chain([first_batch], data_iter)
+            for step in range(start_step + 1, config.total_steps + 1):
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    batch = to_global(next(local_batches))
+                    train_state, step_metrics = step_fn(train_state, batch)
+                window.add(step_metrics)
+                for hook in hooks:
+                    hook(step)
+                if step % config.logging.every_steps == 0 or step == config.total_steps:
+                    writer.write_scalars(step, window.summary())
+                if config.logging.image_every_steps and step % config.logging.image_every_steps == 0:
+                    sample_batch, sample_outputs = _first_sample((batch, predict(batch)))
+                    writer.write_images(step, metrics.prediction_images(sample_batch, sample_outputs))
+                if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == config.total_steps):
+                    results = evaluation.evaluate(predict, eval_batches, to_global)
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+                checkpointing.save(manager, step, train_state, data_iter, force=step == config.total_steps)
+                if manager.reached_preemption(step):
+                    logging.warning("preemption at step %d: checkpoint saved, stopping", step)
+                    break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.flush()
     return train_state
