@@ -29,7 +29,9 @@ def restore_orbax_params(directory: pathlib.Path, model: nnx.Module, step: int |
         _, params, buffers = nnx.split(model, nnx.Param, ...)
         target = {"params": nnx.to_pure_dict(params), "buffers": nnx.to_pure_dict(buffers)}
         restored = manager.restore(step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.PyTreeRestore(item=target, partial_restore=True)}))[STATE_ITEM]
+            STATE_ITEM: ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                               restore_args=ocp.checkpoint_utils.construct_restore_args(target))}))
+        restored = restored[STATE_ITEM]
     nnx.replace_by_pure_dict(params, restored["params"])
     nnx.replace_by_pure_dict(buffers, restored["buffers"])
     nnx.update(model, params, buffers)
