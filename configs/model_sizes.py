@@ -56,8 +56,9 @@ def flow3r_tiny():
 
 
 def flow3r_small():
-    """A small trunk for controlled from-scratch experiments (ViT-S-like widths)."""
-    return _base(192, 6, 3, 192, 8, 3, 96, 3, 192, 96, 48, (48, 96, 192, 192))
+    """A small trunk for controlled from-scratch experiments, sized so a study of several runs trains
+    on a 2-core CPU within an hour (configs/ablation.py)."""
+    return _base(96, 4, 2, 96, 6, 2, 64, 2, 96, 64, 32, (24, 48, 96, 96))
 
 
 SIZES = {"flow3r_large": flow3r_large, "pi3_large": pi3_large, "flow3r_tiny": flow3r_tiny,
