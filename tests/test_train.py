@@ -30,7 +30,7 @@ from flow3r_jax.train import checkpointing, evaluation, optimizer, state as stat
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
-TOTAL_STEPS = 12
+TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoint 3 lands
 CHECKPOINT_EVERY = 3
 
 

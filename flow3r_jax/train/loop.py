@@ -60,11 +60,6 @@ def _uses_synthetic_data(data_cfg) -> bool:
     return any("synthetic" in entry for entry in list(data_cfg.sources) + list(data_cfg.eval_sources))
 
 
-def _first_sample(tree):
-    """Sample 0 of every array in a batch-major pytree, replicated so every host can read it."""
-    return jax.device_get(jax.jit(lambda t: jax.tree.map(lambda x: x[:1], t))(tree))
-
-
 def _eval_batches(config):
     dataset = pipeline.make_eval_dataset(config.data, batch_size=config.eval.batch_size // jax.process_count(),
                                          process_index=jax.process_index(), process_count=jax.process_count())
@@ -118,6 +113,9 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     def to_global(local):
         return train_step.global_batch(local, mesh, rules)
 
+    # Sample 0 of a batch-major pytree, replicated so that every host can read it.
+    first_sample = jax.jit(lambda tree: jax.tree.map(lambda x: x[:1], tree), out_shardings=sharding.replicated(mesh))
+
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                              every_steps=config.logging.every_steps)]
     if config.logging.profile_num_steps > 0 and jax.process_index() == 0:
@@ -139,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
                 if step % config.logging.every_steps == 0 or step == config.total_steps:
                     writer.write_scalars(step, window.summary())
                 if config.logging.image_every_steps and step % config.logging.image_every_steps == 0:
-                    sample_batch, sample_outputs = _first_sample((batch, predict(batch)))
+                    sample_batch, sample_outputs = jax.device_get(first_sample((batch, predict(batch))))
                     writer.write_images(step, metrics.prediction_images(sample_batch, sample_outputs))
                 if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == config.total_steps):
                     results = evaluation.evaluate(predict, eval_batches, to_global)
