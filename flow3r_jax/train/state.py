@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from flow3r_jax import sharding
 from flow3r_jax.train import optimizer as optimizer_lib

@@ -82,7 +82,10 @@ def make_train_step(layout: StateLayout, loss_fn: LossFn, *, schedule: optax.Sch
         updates, opt_state = layout.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         new_state = state.replace(step=state.step + 1, params=keep_if_finite(params, state.params),
                                   opt_state=keep_if_finite(opt_state, state.opt_state))
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
