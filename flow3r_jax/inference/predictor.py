@@ -21,14 +21,31 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from flow3r_jax import sharding
+
 PredictFn = Callable[[np.ndarray, np.ndarray | None], dict]
 
 
-def model_predict_fn(model) -> PredictFn:
-    """Wraps an nnx model into a jitted numpy predict function (one compile per input shape)."""
+def inference_rules(rules=sharding.DEFAULT_RULES):
+    """`rules` with the batch axis replicated: inference runs one sequence at a time, so devices
+    share the work by holding slices of the parameters (fsdp) and the heads/MLP (tensor)."""
+    return tuple((name, None if name == "batch" else axes) for name, axes in rules)
+
+
+def model_predict_fn(model, mesh=None, rules=None) -> PredictFn:
+    """Wraps an nnx model into a jitted numpy predict function (one compile per input shape).
+
+    With several devices the parameters are sharded over a mesh (default: every device on `fsdp`)
+    by the model's logical axis names, so models larger than one device's memory still run.
+    """
     from flax import nnx
 
     graphdef, state = nnx.split(model)
+    if mesh is None and jax.device_count() > 1:
+        mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1)
+    if mesh is not None:
+        rules = inference_rules() if rules is None else rules
+        state = jax.device_put(state, sharding.state_shardings(state, mesh, rules))
 
     @jax.jit
     def forward(state, images, pair_indices):
@@ -36,7 +53,11 @@ def model_predict_fn(model) -> PredictFn:
 
     def predict(images, pair_indices):
         pairs = None if pair_indices is None else np.asarray(pair_indices, np.int32)
-        out = forward(state, np.asarray(images, np.float32), pairs)
+        if mesh is None:
+            out = forward(state, np.asarray(images, np.float32), pairs)
+        else:
+            with sharding.use_rules(mesh, rules):
+                out = forward(state, np.asarray(images, np.float32), pairs)
         return {k: np.asarray(v) for k, v in out.items()}
 
     return predict
