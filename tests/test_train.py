@@ -5,7 +5,8 @@
 - as real `tools/launch.py` processes: one uninterrupted run, and one killed with SIGKILL after its
   first checkpoint and then relaunched; the relaunched run logs exactly the uninterrupted losses.
   Its final checkpoint is then restored onto a different mesh (fsdp=8).
-The subprocesses share a persistent XLA compilation cache, so the relaunch does not recompile.
+The subprocesses share a persistent XLA compilation cache, and the reference run starts while the
+in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
 """
 
 import glob
@@ -32,6 +33,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
 TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoint 3 lands
 CHECKPOINT_EVERY = 3
+STRAIGHT_RUN_ARGS = (f"--config.eval.every_steps={TOTAL_STEPS}", "--config.eval.num_batches=1",
+                     f"--config.logging.image_every_steps={TOTAL_STEPS}")
+KILLED_RUN_ARGS = ("--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+
+
+def _launch(cache_root, workdir, *extra):
+    env = dict(os.environ,
+               XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_DEFAULT_MATMUL_PRECISION="highest",
+               JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--config", str(ROOT / "configs" / "flow3r_tiny.py"),
+           "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
+           "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
+           f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
+           "--config.optimizer.warmup_steps=2", *extra]
+    with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +63,19 @@ def cache_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def straight_run(cache_dir, tmp_path_factory):
+    """The uninterrupted reference run (with evaluation and image summaries at the last step),
+    started in the background as soon as a test asks for it, so that it compiles while the
+    in-process test does; the runs started later then hit its compilation cache."""
+    workdir = tmp_path_factory.mktemp("runs") / "straight"
+    process = _launch(cache_dir, workdir, *STRAIGHT_RUN_ARGS)
+    yield workdir, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def _config(cache_root):
     config = flow3r_tiny.get_config()
     config.data.cache_dir = str(cache_root / "synthetic")
@@ -51,7 +84,8 @@ def _config(cache_root):
     return config
 
 
-def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_dir):
+def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_dir, straight_run):
+    del straight_run  # only started here, to overlap its compilation with this test's
     config = _config(cache_dir)
     config.optimizer.param_groups = FROZEN_ENCODER
     config.optimizer.warmup_steps = 0
@@ -87,22 +121,6 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
                               final["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"])
 
 
-def _launch(cache_root, workdir, *extra):
-    env = dict(os.environ,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_DEFAULT_MATMUL_PRECISION="highest",
-               JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--config", str(ROOT / "configs" / "flow3r_tiny.py"),
-           "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
-           "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
-           f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", *extra]
-    log = open(workdir.parent / f"{workdir.name}.log", "ab")
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
 def _logged(workdir, tag):
     """{step: value} of a scalar tag over all event files of a run, later files overriding."""
     files = sorted(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")),
@@ -117,18 +135,17 @@ def _logged(workdir, tag):
     return values
 
 
-def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, tmp_path):
-    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-    straight = _launch(cache_dir, straight_dir, f"--config.eval.every_steps={TOTAL_STEPS}",
-                       "--config.eval.num_batches=1", f"--config.logging.image_every_steps={TOTAL_STEPS}")
-    killed = _launch(cache_dir, killed_dir, "--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, straight_run, tmp_path):
+    straight_dir, straight = straight_run
+    killed_dir = tmp_path / "killed"
+    killed = _launch(cache_dir, killed_dir, *KILLED_RUN_ARGS)
     first_checkpoint = killed_dir / "checkpoints" / str(CHECKPOINT_EVERY)
     while killed.poll() is None and not first_checkpoint.exists():
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL, (killed_dir.parent / "killed.log").read_text()[-3000:]
     assert not (killed_dir / "checkpoints" / str(TOTAL_STEPS)).exists()
-    resumed = _launch(cache_dir, killed_dir, "--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+    resumed = _launch(cache_dir, killed_dir, *KILLED_RUN_ARGS)
     assert resumed.wait(timeout=600) == 0, (killed_dir.parent / "killed.log").read_text()[-3000:]
     assert straight.wait(timeout=600) == 0, (straight_dir.parent / "straight.log").read_text()[-3000:]
 
