@@ -7,7 +7,7 @@ from ml_collections import config_flags
 from configs import flow3r_large, flow3r_tiny
 from flow3r_jax import sharding
 from flow3r_jax.losses import default_loss_config
-from flow3r_jax.train import optimizer
+from flow3r_jax.train import loop, optimizer
 
 TINY = "configs/flow3r_tiny.py"
 
@@ -64,3 +64,18 @@ def test_wrong_type_fails_naming_the_key():
         _parse("--config.total_steps=abc")
     with pytest.raises(flags.Error, match="async_save"):
         _parse("--config.checkpoint.async_save=maybe")
+
+
+def test_cross_field_checks_name_the_key():
+    config = flow3r_tiny.get_config()
+    config.init.kind = "pi3"
+    with pytest.raises(ValueError, match="init.checkpoint_path"):
+        loop.check_config(config)
+    config = flow3r_tiny.get_config()
+    config.init.kind = "vggt"
+    with pytest.raises(ValueError, match="init.kind"):
+        loop.check_config(config)
+    config = flow3r_tiny.get_config()
+    config.grad_accum_steps = 3
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        loop.check_config(config)

@@ -27,7 +27,7 @@ from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.losses import compute_losses
 from flow3r_jax.models import build_model
-from flow3r_jax.train import checkpointing, evaluation, optimizer, state as state_lib, train_step
+from flow3r_jax.train import checkpointing, evaluation, metrics, optimizer, state as state_lib, train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
@@ -190,3 +190,23 @@ def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
 
     outputs["flow"] = batch["flow_coords"] + np.array([2.0 / (batch["images"].shape[3] - 1), 0.0], np.float32)
     assert abs(evaluation.sample_metrics(batch, outputs, labeled)["flow_epe_px"] - 1.0) < 1e-4  # 1 px shift
+
+
+def test_scalar_window_means_skips_and_images(cache_dir):
+    window = metrics.ScalarWindow(frames_per_step=16)
+    for loss, skipped in ((1.0, 0), (3.0, 1)):
+        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)})
+    summary = window.summary()
+    assert summary["loss"] == 2.0 and summary["skipped_steps"] == 1 and summary["skipped_steps_total"] == 1
+    assert summary["frames_per_second"] > 0 and summary["step_time_s"] > 0
+
+    batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
+    h, w = batch["images"].shape[2:4]
+    outputs = {"local_points": np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1),
+               "flow": batch["flow_coords"]}
+    images = metrics.prediction_images(batch, outputs)
+    assert images["depth"].shape == images["flow"].shape == (1, h, 3 * w, 3)
+    assert images["flow"].dtype == np.uint8
+    # Perfect flow: target and prediction panels agree on co-visible pixels.
+    visible = batch["flow_mask"][0, 0] > 0.5
+    np.testing.assert_array_equal(images["flow"][0, :, w:2 * w][visible], images["flow"][0, :, 2 * w:][visible])
