@@ -9,11 +9,10 @@ the abstract state of the *current* run, so a checkpoint written under one mesh 
 
 from __future__ import annotations
 
-import os
-
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
 
 STATE_ITEM = "state"
@@ -41,8 +40,10 @@ def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
         # A killed run can leave a half-written step behind; the resumed run rewrites that step.
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=(STATE_ITEM, DATA_ITEM))
+    path = epath.Path(directory)
+    if "://" not in str(directory):   # local paths absolute; gs:// and other URLs as given
+        path = path.resolve()
+    return ocp.CheckpointManager(path, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, force: bool = False) -> bool:
