@@ -1,6 +1,7 @@
 """Flow-head variants: each trains a step through the real sharded train step on a real labeled +
-unlabeled synthetic batch (flow loss finite and positive) and outputs flow (B, S, H, W, 2); projective flow equals analytic
-reprojection on a known scene; the intrinsics estimate recovers a centred pinhole in numpy and jax."""
+unlabeled synthetic batch (flow loss finite and positive) and outputs flow (B, S, H, W, 2);
+projective flow equals analytic reprojection on a known scene; the intrinsics estimate recovers a
+centred pinhole in numpy and jax."""
 
 import jax
 import jax.numpy as jnp

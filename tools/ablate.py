@@ -115,9 +115,11 @@ def evaluate(config, train_state) -> dict:
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = sharding.rules_from_config(config.sharding.rules)
-    layout = state_lib.make_layout(lambda rngs: build_model(config.model, rngs=rngs),
-                                   lambda params: optimizer.make_optimizer(config.optimizer, config.total_steps, params),
-                                   mesh, rules, config.seed)
+    def make_optimizer(params):
+        return optimizer.make_optimizer(config.optimizer, config.total_steps, params)
+
+    layout = state_lib.make_layout(lambda rngs: build_model(config.model, rngs=rngs), make_optimizer, mesh, rules,
+                                   config.seed)
     predict = train_step.make_predict_fn(layout)
     at30, at5 = scoring.ScoringSettings(angle_threshold_deg=30), scoring.ScoringSettings(angle_threshold_deg=5)
     per_clip = {name: [] for name in COLUMNS}
@@ -262,9 +264,10 @@ def main(argv=None):
     if "factored" in args.variants.split(",") and args.scaling_amounts:
         default_amount = run_config("factored", args.scaling_scene, args.set).ablation.num_unlabeled_clips
         amounts = sorted({int(a) for a in args.scaling_amounts.split(",")} | {default_amount})
+        shared_run = args.scaling_scene in args.scenes.split(",")
         for amount in amounts:
             config = attach_data(run_config("factored", args.scaling_scene, args.set, amount), data_dir)
-            name = (f"{args.scaling_scene}-factored" if amount == default_amount and args.scaling_scene in args.scenes.split(",")
+            name = (f"{args.scaling_scene}-factored" if amount == default_amount and shared_run
                     else f"{args.scaling_scene}-factored-u{amount}")
             scaling.append(train_and_score(name, config, out_dir))
             write_report(out_dir, results, scaling, args.scaling_scene)
