@@ -3,7 +3,9 @@
 `get_base_config()` returns an unlocked ConfigDict holding every key a training run reads; the
 per-recipe configs (`flow3r_tiny.py`, `flow3r_large.py`) change values only, then lock it. A locked
 ConfigDict refuses unknown keys and ml_collections refuses values of the wrong type, so a mistyped
-`--config.x=...` override fails at start-up with the offending key named.
+`--config.x=...` override fails at start-up with the offending key named. Sequence-valued keys are
+tuples, the sequence type overrides accept: `--config.optimizer.param_groups='(("^encoder/", 0.0,
+False, True),)'`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Logical-axis -> mesh-axes table (see flow3r_jax/sharding.py).
     c.sharding = ml_collections.ConfigDict(dict(
-        rules=[[name, list(axes) if isinstance(axes, tuple) else axes] for name, axes in sharding.DEFAULT_RULES]))
+        rules=sharding.DEFAULT_RULES))
 
     # Samples (clips) per optimizer step over all hosts; split into grad_accum_steps micro-batches.
     c.global_batch_size = 8
@@ -51,11 +53,11 @@ def get_base_config() -> ml_collections.ConfigDict:
         clip_norm=1.0,
         # Parameter groups, first match wins: [regex on the "a/b/c" parameter path, lr multiplier,
         # weight decay on (True) / off (False), frozen]. Unmatched parameters: multiplier 1, decay on.
-        param_groups=[],
+        param_groups=(),
         # Parameters never decayed, even in a decaying group (regexes on the path): norms, biases
         # (also fused qkv biases), class / register tokens, position embeddings, LayerScale gammas.
         # Parameters of rank <= 1 are never decayed either.
-        no_decay_patterns=["norm", "bias$", "token", "pos_embed", "gamma$"],
+        no_decay_patterns=("norm", "bias$", "token", "pos_embed", "gamma$"),
     ))
 
     c.loss = default_loss_config()
@@ -63,14 +65,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Input pipeline (keys and meanings: flow3r_jax/data/pipeline.py). Empty / None values mean
     # "derive it" as described there.
     c.data = ml_collections.ConfigDict(dict(
-        sources=[{"synthetic": "train"}],
-        eval_sources=[{"synthetic": "eval"}],
+        sources=({"synthetic": "train"},),
+        eval_sources=({"synthetic": "eval"},),
         cache_dir="",
         num_frames=2,
         pairs_per_sample=2,
         height=28,
         width=42,
-        resolutions=[],
+        resolutions=(),
         pixel_budget=0,
         aspect_range=(0.5, 2.0),
         num_aspects=5,

@@ -38,12 +38,12 @@ def get_config(arg=None):
     c.optimizer.clip_norm = 1.0         # pi3
     c.optimizer.warmup_steps = 1_000    # choice: 2.5% of training, common for fine-tuning ViTs
     c.optimizer.final_lr_ratio = 0.01   # choice: cosine down to 1% of the peak
-    c.optimizer.param_groups = [
-        ["^encoder/", 0.0, False, True],    # pi3: frozen DINOv2 encoder
+    c.optimizer.param_groups = (
+        ("^encoder/", 0.0, False, True),    # pi3: frozen DINOv2 encoder
         # choice: the flow head starts from scratch while the trunk is pre-trained, so it gets a
         # 10x learning rate to catch up within the short fine-tuning run.
-        ["^flow_head/", 10.0, True, False],
-    ]
+        ("^flow_head/", 10.0, True, False),
+    )
 
     c.data.num_frames = 8               # choice: pi3 trains on 2-24 frames; 8 fixes one static shape
     c.data.height = 392                 # choice: 392 x 518 = 203K pixels, inside pi3's 100K-255K
@@ -52,11 +52,11 @@ def get_config(arg=None):
     # The shard directories must be given (--config.data.sources=...); see data_pipelines/.
     # choice: half of each batch from unlabeled video (pseudo-flow only), half from labeled 3D data;
     # the paper mixes ~834K unlabeled clips with labeled data but gives no ratio.
-    c.data.sources = [
+    c.data.sources = (
         {"name": "unlabeled_video", "path": "", "labeled": False, "weight": 0.5},
         {"name": "labeled", "path": "", "labeled": True, "weight": 0.5},
-    ]
-    c.data.eval_sources = [{"name": "labeled_eval", "path": "", "labeled": True}]
+    )
+    c.data.eval_sources = ({"name": "labeled_eval", "path": "", "labeled": True},)
     c.data.worker_count = 8             # choice: decoding 8 x 392 x 518 clips needs several processes
     c.data.read_threads = 4
 

@@ -52,6 +52,13 @@ def test_overrides_apply_with_types_checked():
     assert config.is_locked
 
 
+def test_sequence_overrides():
+    config = _parse("--config.optimizer.param_groups=((\"^encoder/\", 0.0, False, True),)",
+                    "--config.data.sources=({\"path\": \"/data/a\", \"labeled\": False, \"weight\": 0.7},)")
+    assert optimizer.parse_param_groups(config.optimizer.param_groups)[0].frozen
+    assert config.data.sources[0]["path"] == "/data/a" and config.data.sources[0]["labeled"] is False
+
+
 def test_unknown_key_fails_naming_it():
     with pytest.raises(AttributeError, match='Did you mean "total_steps"'):
         _parse("--config.totl_steps=5")

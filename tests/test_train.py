@@ -30,7 +30,7 @@ from flow3r_jax.models import build_model
 from flow3r_jax.train import checkpointing, evaluation, metrics, optimizer, state as state_lib, train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FROZEN_ENCODER = [["^encoder/", 0.0, False, True]]
+FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
 TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoint 3 lands
 CHECKPOINT_EVERY = 3
 STRAIGHT_RUN_ARGS = (f"--config.eval.every_steps={TOTAL_STEPS}", "--config.eval.num_batches=1",
