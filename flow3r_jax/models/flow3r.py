@@ -24,6 +24,7 @@ from flow3r_jax.models.decoder import AlternatingDecoder, OutputDecoder
 from flow3r_jax.models.encoder import Encoder
 from flow3r_jax.models.flow_head import FactoredFlowHead
 from flow3r_jax.models.heads import CameraHead, PatchLinearHead
+from flow3r_jax.models.layers import REMAT_POLICIES
 from flow3r_jax.models.projective_flow import projective_flow
 from flow3r_jax.models.rope import token_positions
 from flow3r_jax.models.tracking_head import TrackingFlowHead
@@ -41,6 +42,8 @@ class Flow3r(nnx.Module):
             raise ValueError(f"model.dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}")
         if cfg.flow_head.type not in FLOW_HEAD_TYPES:
             raise ValueError(f"model.flow_head.type {cfg.flow_head.type!r}; expected one of {FLOW_HEAD_TYPES}")
+        if cfg.remat_policy != "none" and cfg.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy {cfg.remat_policy!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
         dtype = DTYPES[cfg.dtype]
         common = dict(attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy, dtype=dtype, rngs=rngs)
         self.patch_size = cfg.patch_size
