@@ -11,7 +11,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from data_pipelines.shards import WRITER_OPTIONS, read_clips, shard_filename
 from data_pipelines.synthetic import synthetic_record
 from flow3r_jax.data.records import (FLOW_NDC_SCALE, RECORD_VERSION, Clip, RecordError, decode_clip,
-                                     decode_frames, encode_clip)
+                                     decode_frames, encode_clip, open_clip)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,39 @@ def test_decode_frames_png_is_exact(labeled_clip):
     np.testing.assert_array_equal(frames, images[[3, 0]])
     with pytest.raises(RecordError, match="frame index 4"):
         decode_frames(labeled_clip, [4])
+
+
+def test_selective_decoding_equals_full_decoding(labeled_clip):
+    data = encode_clip(labeled_clip)
+    full = decode_clip(data, "sel#0")
+    record = open_clip(data, "sel#0")
+    assert record.num_frames == 4 and record.is_labeled and record.normal_ok == full.normal_ok
+    for key in ("timestamps", "flow_pairs", "intrinsics", "camera_poses"):
+        np.testing.assert_array_equal(getattr(record, key), getattr(full, key), err_msg=key)
+    for frames in ([2, 0], [1], [3], [0, 1, 2, 3], []):  # partial inflation, whole planes, nothing
+        depth, valid = record.decode_depth(frames), record.decode_valid_mask(frames)
+        assert depth.dtype == np.float32 and valid.dtype == np.bool_
+        np.testing.assert_array_equal(depth, full.depth[frames])
+        np.testing.assert_array_equal(valid, full.valid_mask[frames])
+        np.testing.assert_array_equal(decode_frames(record, frames), decode_frames(full, frames))
+    for rows in ([1, 0], [0], [2], [2, 1, 0], []):
+        coords, mask = record.decode_flow(rows)
+        assert coords.dtype == np.float32 and mask.dtype == np.float32
+        np.testing.assert_array_equal(coords, full.flow_coords[rows])
+        np.testing.assert_array_equal(mask, full.flow_mask[rows])
+    with pytest.raises(RecordError, match=r"sel#0: depth index out of range \[0, 4\)"):
+        record.decode_depth([4])
+    with pytest.raises(RecordError, match="sel#0: the record has no depth"):
+        open_clip(encode_clip(unlabeled_clip(labeled_clip)), "sel#0").decode_depth([0])
+
+
+def test_truncated_field_inside_a_valid_record_is_rejected_on_selective_decoding(labeled_clip):
+    body = msgpack.unpackb(encode_clip(labeled_clip)[10:])
+    body["depth"]["data"] = body["depth"]["data"][: len(body["depth"]["data"]) // 4]
+    record = open_clip(_reheader(b"", RECORD_VERSION, msgpack.packb(body)), "cut#7")
+    for frames in ([0], [3]):
+        with pytest.raises(RecordError, match="cut#7: field 'depth' cannot be decoded"):
+            record.decode_depth(frames)
 
 
 def _reheader(data: bytes, version: int, body: bytes | None = None) -> bytes:

@@ -73,7 +73,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from flow3r_jax.data.records import RecordError, decode_clip
+from flow3r_jax.data.records import RecordError, open_clip
 from flow3r_jax.data.sampling import (batch_resolution, resolution_list, sample_rng,
                                       select_frames_and_pairs)
 from flow3r_jax.data.samples import build_sample
@@ -313,7 +313,7 @@ class _SampleBuilder:
     def _build(self, record: RawRecord, source: int, out_hw: tuple[int, int], index: int) -> dict:
         if record.data is None:
             raise RecordError(f"{record.where}: cannot read record: {record.error}")
-        clip = decode_clip(record.data, record.where)
+        clip = open_clip(record.data, record.where)
         rng = sample_rng(self._seed, index) if self._train else None
         try:
             selection = select_frames_and_pairs(clip.num_frames, clip.flow_pairs, self._spec.num_frames,

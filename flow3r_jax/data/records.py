@@ -41,6 +41,7 @@ Decoding needs only numpy, msgpack and OpenCV (no TensorFlow), so Grain workers 
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import zlib
 
@@ -54,6 +55,7 @@ _HEADER = struct.Struct("<4sHI")
 _LABEL_KEYS = ("depth", "intrinsics", "camera_poses", "valid_mask")
 _BODY_KEYS = ("source_id", "height", "width", "timestamps", "frames", "normal_ok", "flow_pairs",
               "flow_coords", "flow_mask")
+_ARRAY_KEYS = ("timestamps", "flow_pairs", "flow_coords", "flow_mask") + _LABEL_KEYS
 FLOW_NDC_SCALE = 4096.0
 FLOW_NDC_LIMIT = 7.99
 
@@ -131,9 +133,56 @@ def encode_clip(clip: Clip) -> bytes:
     return _HEADER.pack(_MAGIC, RECORD_VERSION, zlib.crc32(payload)) + payload
 
 
-def decode_clip(data: bytes, where: str = "") -> Clip:
-    """Record bytes -> Clip. `where` (e.g. "train-00003-of-00008.array_record#17") names the record in
-    every RecordError: unknown version, bad magic, truncation/corruption, missing keys, bad shapes."""
+@dataclasses.dataclass
+class ClipRecord:
+    """A clip record opened by `open_clip`: checksum, keys and every field's declared shape are checked,
+    the small fields are decoded, and depth, valid_mask and flow stay compressed until asked for by frame
+    or pair index. T frames of size H x W, P flow pairs; intrinsics/camera_poses are None when unlabeled."""
+
+    where: str
+    source_id: str
+    timestamps: np.ndarray
+    frames: list
+    height: int
+    width: int
+    intrinsics: np.ndarray | None
+    camera_poses: np.ndarray | None
+    normal_ok: bool
+    flow_pairs: np.ndarray
+    packed: dict
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def is_labeled(self) -> bool:
+        return "depth" in self.packed
+
+    def decode_depth(self, frames) -> np.ndarray:
+        """(n,) clip frame indices -> (n, H, W) float32 z-depth, 0 = unknown."""
+        return self._rows("depth", frames).astype(np.float32)
+
+    def decode_valid_mask(self, frames) -> np.ndarray:
+        """(n,) clip frame indices -> (n, H, W) bool stored validity."""
+        return self._rows("valid_mask", frames).astype(bool)
+
+    def decode_flow(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
+        """(s,) rows of `flow_pairs` -> flow_coords (s, H, W, 2) float32 NDC, flow_mask (s, H, W) float32."""
+        deltas = self._rows("flow_coords", pair_rows)
+        coords = np.cumsum(deltas, axis=2, dtype=np.int16).astype(np.float32) / FLOW_NDC_SCALE
+        return coords, self._rows("flow_mask", pair_rows).astype(np.float32) / 255.0
+
+    def _rows(self, key: str, indices) -> np.ndarray:
+        if key not in self.packed:
+            raise RecordError(f"{self.where}: the record has no {key} (unlabeled clip)")
+        return self.packed[key].rows(indices, self.where)
+
+
+def open_clip(data: bytes, where: str = "") -> ClipRecord:
+    """Record bytes -> ClipRecord (large fields still compressed). `where` (e.g.
+    "train-00003-of-00008.array_record#17") names the record in every RecordError: unknown version, bad
+    magic, truncation/corruption, missing keys, bad shapes."""
     where = where or "<record>"
     if len(data) < _HEADER.size:
         raise RecordError(f"{where}: truncated record ({len(data)} bytes, header needs {_HEADER.size})")
@@ -158,30 +207,34 @@ def decode_clip(data: bytes, where: str = "") -> Clip:
     present_labels = [k for k in _LABEL_KEYS if k in body]
     if present_labels and len(present_labels) != len(_LABEL_KEYS):
         raise RecordError(f"{where}: label keys must be all present or all absent, got {present_labels}")
-    labels = {k: _unpack(body[k], k, where) if present_labels else None for k in _LABEL_KEYS}
-    if present_labels:
-        labels["depth"] = labels["depth"].astype(np.float32)
-        labels["valid_mask"] = labels["valid_mask"].astype(bool)
-    flow_deltas = _unpack(body["flow_coords"], "flow_coords", where)
-    if flow_deltas.ndim != 4:
-        raise RecordError(f"{where}: flow_coords has shape {flow_deltas.shape}, expected (P, H, W, 2)")
-    clip = Clip(
-        source_id=body["source_id"],
-        timestamps=_unpack(body["timestamps"], "timestamps", where),
-        frames=list(body["frames"]),
-        height=body["height"],
-        width=body["width"],
-        normal_ok=bool(body["normal_ok"]),
-        flow_pairs=_unpack(body["flow_pairs"], "flow_pairs", where),
-        flow_coords=np.cumsum(flow_deltas, axis=2, dtype=np.int16).astype(np.float32) / FLOW_NDC_SCALE,
-        flow_mask=_unpack(body["flow_mask"], "flow_mask", where).astype(np.float32) / 255.0,
-        **labels,
-    )
-    _check_clip(clip, where)
-    return clip
+    arrays = {k: _PackedArray.parse(body[k], k, where) for k in _ARRAY_KEYS if k in body}
+    small = {k: arrays.pop(k).all_rows(where) if k in arrays else None
+             for k in ("timestamps", "flow_pairs", "intrinsics", "camera_poses")}
+    record = ClipRecord(where=where, source_id=body["source_id"], frames=list(body["frames"]),
+                        height=body["height"], width=body["width"], normal_ok=bool(body["normal_ok"]),
+                        packed=arrays, **small)
+    shapes = {k: np.shape(v) for k, v in small.items() if v is not None}
+    shapes.update({k: a.shape for k, a in arrays.items()})
+    _check_shapes(where, record.num_frames, record.height, record.width, record.flow_pairs, shapes)
+    return record
 
 
-def decode_frames(clip: Clip, indices) -> np.ndarray:
+def decode_clip(data: bytes, where: str = "") -> Clip:
+    """Record bytes -> fully decoded Clip (every frame and pair); errors as `open_clip`."""
+    record = open_clip(data, where)
+    every_frame = range(record.num_frames)
+    labeled = record.is_labeled
+    flow_coords, flow_mask = record.decode_flow(range(len(record.flow_pairs)))
+    return Clip(source_id=record.source_id, timestamps=record.timestamps, frames=record.frames,
+                height=record.height, width=record.width,
+                depth=record.decode_depth(every_frame) if labeled else None,
+                intrinsics=record.intrinsics, camera_poses=record.camera_poses,
+                valid_mask=record.decode_valid_mask(every_frame) if labeled else None,
+                normal_ok=record.normal_ok, flow_pairs=record.flow_pairs, flow_coords=flow_coords,
+                flow_mask=flow_mask)
+
+
+def decode_frames(clip: Clip | ClipRecord, indices) -> np.ndarray:
     """Decode frames `indices` of `clip` -> (n, H, W, 3) uint8 RGB. RecordError names the clip/frame."""
     out = np.empty((len(indices), clip.height, clip.width, 3), np.uint8)
     for slot, index in enumerate(indices):
@@ -206,39 +259,91 @@ def _pack(array: np.ndarray, dtype, compress: bool) -> dict:
     return {"dtype": array.dtype.str, "shape": list(array.shape), "zlib": compress, "data": data}
 
 
-def _unpack(packed, key: str, where: str) -> np.ndarray:
-    try:
-        dtype = np.dtype(packed["dtype"])
-        shape = tuple(int(s) for s in packed["shape"])
-        if packed["zlib"]:
-            planes = np.frombuffer(zlib.decompress(packed["data"]), np.uint8).reshape(dtype.itemsize, -1)
-            raw = np.ascontiguousarray(planes.T).tobytes()
+@dataclasses.dataclass(frozen=True)
+class _PackedArray:
+    """One stored array (``{"dtype", "shape", "zlib", "data"}``) with its metadata parsed, data untouched."""
+
+    key: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    compressed: bool
+    data: bytes
+
+    @classmethod
+    def parse(cls, packed, key: str, where: str) -> _PackedArray:
+        try:
+            dtype = np.dtype(packed["dtype"])
+            shape = tuple(int(s) for s in packed["shape"])
+            compressed, data = bool(packed["zlib"]), packed["data"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise RecordError(f"{where}: field {key!r} cannot be decoded: {err}") from err
+        if not shape or min(shape) < 0 or not isinstance(data, bytes):
+            raise RecordError(f"{where}: field {key!r} cannot be decoded: shape {shape}, data {type(data)}")
+        return cls(key, dtype, shape, compressed, data)
+
+    def all_rows(self, where: str) -> np.ndarray:
+        """The whole array, in native byte order."""
+        return self.rows(np.arange(self.shape[0]), where)
+
+    def rows(self, indices, where: str) -> np.ndarray:
+        """Entries `indices` along the first axis, in native byte order. A compressed array is inflated
+        only up to the last byte those entries need: its byte planes lie one after another, each holding
+        the entries in order, so entry t of plane k starts at (k * count + t) * entry_size."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        count, entry_size, itemsize = self.shape[0], math.prod(self.shape[1:]), self.dtype.itemsize
+        if indices.size and (indices.min() < 0 or indices.max() >= count):
+            raise RecordError(f"{where}: {self.key} index out of range [0, {count}): {indices.tolist()}")
+        try:
+            if not self.compressed:
+                if len(self.data) != count * entry_size * itemsize:
+                    raise ValueError(f"{len(self.data)} bytes for shape {self.shape} of {self.dtype}")
+                entries = np.frombuffer(self.data, self.dtype).reshape(self.shape)[indices]
+            else:
+                entries = self._inflate_rows(indices, count, entry_size, itemsize)
+        except (ValueError, zlib.error) as err:
+            raise RecordError(f"{where}: field {self.key!r} cannot be decoded: {err}") from err
+        return entries.astype(self.dtype.newbyteorder("="), copy=False)
+
+    def _inflate_rows(self, indices: np.ndarray, count: int, entry_size: int, itemsize: int) -> np.ndarray:
+        end = int(indices.max()) + 1 if indices.size else 0
+        total = count * entry_size * itemsize
+        needed = ((itemsize - 1) * count + end) * entry_size if indices.size else 0
+        if needed == total:
+            planes = zlib.decompress(self.data)
         else:
-            raw = packed["data"]
-        return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
-    except (KeyError, TypeError, ValueError, zlib.error) as err:
-        raise RecordError(f"{where}: field {key!r} cannot be decoded: {err}") from err
+            planes = zlib.decompressobj().decompress(self.data, needed) if needed else b""
+        if len(planes) != needed:
+            raise ValueError(f"inflates to {len(planes)} bytes, expected {needed} of {total}")
+        planes = np.frombuffer(planes, np.uint8)
+        interleaved = np.empty((indices.size, entry_size, itemsize), np.uint8)
+        for k in range(itemsize):
+            start = k * count * entry_size
+            interleaved[:, :, k] = planes[start:start + end * entry_size].reshape(end, entry_size)[indices]
+        return interleaved.view(self.dtype).reshape((indices.size,) + self.shape[1:])
 
 
 def _check_clip(clip: Clip, where: str) -> None:
-    """Shape and range checks shared by the writer and the reader."""
-    t, h, w = len(clip.frames), clip.height, clip.width
-    p = clip.flow_pairs.shape[0] if clip.flow_pairs.ndim == 2 else -1
-    expected = {"timestamps": (clip.timestamps, (t,)), "flow_pairs": (clip.flow_pairs, (p, 2)),
-                "flow_coords": (clip.flow_coords, (p, h, w, 2)), "flow_mask": (clip.flow_mask, (p, h, w))}
+    """Shape and range checks of a clip about to be encoded."""
     labels = [getattr(clip, k) for k in _LABEL_KEYS]
-    if any(x is not None for x in labels):
-        if any(x is None for x in labels):
-            raise RecordError(f"{where}: label fields {_LABEL_KEYS} must be all set or all None")
-        expected.update({"depth": (clip.depth, (t, h, w)), "intrinsics": (clip.intrinsics, (t, 3, 3)),
-                         "camera_poses": (clip.camera_poses, (t, 4, 4)),
-                         "valid_mask": (clip.valid_mask, (t, h, w))})
+    if any(x is not None for x in labels) and any(x is None for x in labels):
+        raise RecordError(f"{where}: label fields {_LABEL_KEYS} must be all set or all None")
+    shapes = {k: np.shape(getattr(clip, k)) for k in _ARRAY_KEYS if getattr(clip, k) is not None}
+    _check_shapes(where, len(clip.frames), clip.height, clip.width, np.asarray(clip.flow_pairs), shapes)
+
+
+def _check_shapes(where: str, t: int, h: int, w: int, flow_pairs: np.ndarray, shapes: dict) -> None:
+    """Shape and range checks shared by the writer and the reader; `shapes` maps the array fields present
+    (labels all or none) to their shapes."""
+    p = flow_pairs.shape[0] if flow_pairs.ndim == 2 else -1
+    expected = {"timestamps": (t,), "flow_pairs": (p, 2), "flow_coords": (p, h, w, 2), "flow_mask": (p, h, w)}
+    if "depth" in shapes:
+        expected.update({"depth": (t, h, w), "intrinsics": (t, 3, 3), "camera_poses": (t, 4, 4),
+                         "valid_mask": (t, h, w)})
     if t == 0 or h <= 0 or w <= 0:
         raise RecordError(f"{where}: clip needs at least one frame and a positive size, got T={t} {h}x{w}")
-    for key, (array, shape) in expected.items():
-        if np.shape(array) != shape:
-            raise RecordError(f"{where}: {key} has shape {np.shape(array)}, expected {shape}")
-    if p and (clip.flow_pairs.min() < 0 or clip.flow_pairs.max() >= t
-              or np.any(clip.flow_pairs[:, 0] == clip.flow_pairs[:, 1])):
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise RecordError(f"{where}: {key} has shape {shapes[key]}, expected {shape}")
+    if p and (flow_pairs.min() < 0 or flow_pairs.max() >= t or np.any(flow_pairs[:, 0] == flow_pairs[:, 1])):
         raise RecordError(f"{where}: flow_pairs must be distinct frame indices in [0, {t}), got "
-                          f"{clip.flow_pairs.tolist()}")
+                          f"{flow_pairs.tolist()}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow3r_jax.data.records import Clip, RecordError, decode_frames
+from flow3r_jax.data.records import ClipRecord, RecordError, decode_frames
 from flow3r_jax.data.sampling import FrameSelection
 from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
@@ -28,9 +28,10 @@ SAMPLE_KEYS = ("images", "depth", "valid_mask", "points", "camera_poses", "intri
 _FLOAT_KEYS = ("images", "depth", "points", "camera_poses", "intrinsics", "flow_coords", "flow_mask")
 
 
-def build_sample(clip: Clip, selection: FrameSelection, crop: CropResize, jitter: ColorJitter | None,
+def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, jitter: ColorJitter | None,
                  labeled: bool, where: str) -> dict[str, np.ndarray]:
-    """Decode, crop/resize and (optionally) colour-jitter the selected frames of `clip`.
+    """Decode, crop/resize and (optionally) colour-jitter the selected frames of `clip`; only the selected
+    frames and flow pairs of the record are decompressed.
 
     `labeled` says whether the clip's source provides 3D labels; a labeled source whose record has none
     raises RecordError. Every float output is checked to be finite (RecordError naming `where`).
@@ -59,11 +60,11 @@ def build_sample(clip: Clip, selection: FrameSelection, crop: CropResize, jitter
     return {key: sample[key] for key in SAMPLE_KEYS}
 
 
-def _labels(clip: Clip, frames: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
+def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
     rows, cols = crop.nearest_source_index()
-    at_output = (frames[:, None, None], rows[None, :, None], cols[None, None, :])
-    depth = clip.depth[at_output]
-    valid = clip.valid_mask[at_output] & np.isfinite(depth) & (depth > 0)
+    at_output = (slice(None), rows[:, None], cols[None, :])
+    depth = clip.decode_depth(frames)[at_output]
+    valid = clip.decode_valid_mask(frames)[at_output] & np.isfinite(depth) & (depth > 0)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     intrinsics = clip.intrinsics[frames].astype(np.float64)
     poses = clip.camera_poses[frames].astype(np.float64)
@@ -90,15 +91,15 @@ def _no_labels(num_frames: int, source_hw: tuple[int, int], crop: CropResize) ->
             "is_labeled": np.asarray(False)}
 
 
-def _flow(clip: Clip, pair_rows: np.ndarray, crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
+def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
     height, width = crop.out_height, crop.out_width
     identity = pixel_to_ndc(pixel_grid(height, width, np), height, width).astype(np.float32)
     coords = np.empty((len(pair_rows), height, width, 2), np.float32)
     masks = np.zeros((len(pair_rows), height, width), np.float32)
-    for k, row in enumerate(pair_rows):
-        if row < 0:
-            coords[k] = identity
-        else:
-            coords[k], masks[k] = transform_flow(clip.flow_coords[row], clip.flow_mask[row],
-                                                 (clip.height, clip.width), crop, crop)
+    stored = np.flatnonzero(pair_rows >= 0)
+    stored_coords, stored_masks = clip.decode_flow(pair_rows[stored])
+    coords[pair_rows < 0] = identity
+    for k, slot in enumerate(stored):
+        coords[slot], masks[slot] = transform_flow(stored_coords[k], stored_masks[k], (clip.height, clip.width),
+                                                   crop, crop)
     return coords, masks
