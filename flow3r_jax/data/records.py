@@ -33,8 +33,14 @@ all second bytes, ...) and zlib-compressed, which compresses smooth numeric data
 
 The four label fields are either all present (labeled clip) or all absent (unlabeled clip). P may be 0.
 
-Version rule: any change to the layout or meaning of a field bumps RECORD_VERSION; `decode_clip` raises
-`RecordError` for every version other than the current one, so old shards are rebuilt, never misread.
+Reading: `open_clip` checks the header, checksum, keys and declared shapes and decodes the small fields;
+depth, valid_mask and flow are then decompressed only for the frames / pairs asked for (a byte-planed
+field is inflated only as far as the last of those entries reaches), which is what the training samples
+use. `decode_clip` decodes everything into a `Clip` (tools, tests, shard checks).
+
+Version rule: any change to the layout or meaning of a field bumps RECORD_VERSION; `open_clip` and
+`decode_clip` raise `RecordError` for every version other than the current one, so old shards are
+rebuilt, never misread.
 Decoding needs only numpy, msgpack and OpenCV (no TensorFlow), so Grain workers can run it.
 """
 
@@ -240,12 +246,12 @@ def decode_frames(clip: Clip | ClipRecord, indices) -> np.ndarray:
     for slot, index in enumerate(indices):
         if not 0 <= index < clip.num_frames:
             raise RecordError(f"{clip.source_id}: frame index {index} out of range [0, {clip.num_frames})")
-        bgr = cv2.imdecode(np.frombuffer(clip.frames[index], np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None or bgr.shape != (clip.height, clip.width, 3):
-            got = None if bgr is None else bgr.shape
+        rgb = cv2.imdecode(np.frombuffer(clip.frames[index], np.uint8), cv2.IMREAD_COLOR_RGB)
+        if rgb is None or rgb.shape != (clip.height, clip.width, 3):
+            got = None if rgb is None else rgb.shape
             raise RecordError(f"{clip.source_id}: frame {index} does not decode to "
                               f"({clip.height}, {clip.width}, 3) (got {got})")
-        out[slot] = bgr[..., ::-1]
+        out[slot] = rgb
     return out
 
 

@@ -68,11 +68,13 @@ def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize) -> dict[str,
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     intrinsics = clip.intrinsics[frames].astype(np.float64)
     poses = clip.camera_poses[frames].astype(np.float64)
-    source_pixels = np.stack([*np.meshgrid(cols, rows), np.ones((len(rows), len(cols)))], axis=-1)
+    pixel_to_world = poses[:, :3, :3] @ np.linalg.inv(intrinsics)  # (N, 3, 3): [x, y, 1] -> world ray
     world = np.empty(depth.shape + (3,), np.float32)
-    for k in range(len(frames)):
-        pixel_to_world = poses[k, :3, :3] @ np.linalg.inv(intrinsics[k])
-        world[k] = (source_pixels @ pixel_to_world.T) * depth[k, ..., None] + poses[k, :3, 3]
+    for axis in range(3):  # ray component = a_x * col + a_y * row + a_1, built separably over rows and cols
+        along_cols = pixel_to_world[:, axis, 0, None] * cols
+        along_rows = pixel_to_world[:, axis, 1, None] * rows
+        ray = along_cols[:, None, :] + along_rows[:, :, None] + pixel_to_world[:, axis, 2, None, None]
+        world[..., axis] = ray * depth + poses[:, axis, 3, None, None]
     world[~valid] = 0.0
     return {"depth": depth, "valid_mask": valid, "points": world, "camera_poses": poses.astype(np.float32),
             "intrinsics": crop.transform_intrinsics(intrinsics), "is_labeled": np.asarray(True)}
