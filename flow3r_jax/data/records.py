@@ -176,8 +176,8 @@ class ClipRecord:
     def decode_flow(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
         """(s,) rows of `flow_pairs` -> flow_coords (s, H, W, 2) float32 NDC, flow_mask (s, H, W) float32."""
         deltas = self._rows("flow_coords", pair_rows)
-        coords = np.cumsum(deltas, axis=2, dtype=np.int16).astype(np.float32) / FLOW_NDC_SCALE
-        return coords, self._rows("flow_mask", pair_rows).astype(np.float32) / 255.0
+        coords = np.divide(np.cumsum(deltas, axis=2, dtype=np.int16), np.float32(FLOW_NDC_SCALE), dtype=np.float32)
+        return coords, np.divide(self._rows("flow_mask", pair_rows), np.float32(255.0), dtype=np.float32)
 
     def _rows(self, key: str, indices) -> np.ndarray:
         if key not in self.packed:
