@@ -155,7 +155,7 @@ class ClipRecord:
     camera_poses: np.ndarray | None
     normal_ok: bool
     flow_pairs: np.ndarray
-    packed: dict
+    packed: dict  # field name -> _PackedArray, still compressed: depth, valid_mask (if labeled), flow_*
 
     @property
     def num_frames(self) -> int:
@@ -176,7 +176,8 @@ class ClipRecord:
     def decode_flow(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
         """(s,) rows of `flow_pairs` -> flow_coords (s, H, W, 2) float32 NDC, flow_mask (s, H, W) float32."""
         deltas = self._rows("flow_coords", pair_rows)
-        coords = np.divide(np.cumsum(deltas, axis=2, dtype=np.int16), np.float32(FLOW_NDC_SCALE), dtype=np.float32)
+        quantized = np.cumsum(deltas, axis=2, dtype=np.int16)
+        coords = np.divide(quantized, np.float32(FLOW_NDC_SCALE), dtype=np.float32)
         return coords, np.divide(self._rows("flow_mask", pair_rows), np.float32(255.0), dtype=np.float32)
 
     def _rows(self, key: str, indices) -> np.ndarray:

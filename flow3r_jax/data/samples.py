@@ -102,6 +102,6 @@ def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize) -> tuple[np
     stored_coords, stored_masks = clip.decode_flow(pair_rows[stored])
     coords[pair_rows < 0] = identity
     for k, slot in enumerate(stored):
-        coords[slot], masks[slot] = transform_flow(stored_coords[k], stored_masks[k], (clip.height, clip.width),
-                                                   crop, crop)
+        coords[slot], masks[slot] = transform_flow(stored_coords[k], stored_masks[k],
+                                                   (clip.height, clip.width), crop, crop)
     return coords, masks
