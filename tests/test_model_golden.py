@@ -4,7 +4,6 @@ Reference: shared/reference/flow3r_tiny (official PyTorch code, float32, CPU). T
 difference 1e-4 on every output (float32 vs float64 of the official code differ by up to 3.5e-6).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

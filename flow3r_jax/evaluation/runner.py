@@ -13,7 +13,6 @@ intrinsics rescaled. Scoring is in `flow3r_jax.evaluation.scoring`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import time

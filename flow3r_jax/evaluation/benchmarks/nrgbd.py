@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from flow3r_jax.evaluation.benchmarks import io
 from flow3r_jax.evaluation.benchmarks.rgbd_frames import read_rgbd_sequence
 from flow3r_jax.evaluation.benchmarks.sequence import BenchmarkDataError, BenchmarkDataMissing
 
