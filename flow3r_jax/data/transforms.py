@@ -150,15 +150,29 @@ def apply_color_jitter(images: np.ndarray, jitter: ColorJitter) -> np.ndarray:
     """(n, H, W, 3) float32 in [0, 1] -> jittered images clipped to [0, 1] (same jitter on every frame).
 
     Order: brightness (scale), contrast (blend with the frame's mean luma), saturation (blend with the
-    pixel's luma), hue (rotation of the chroma plane in YIQ space).
+    pixel's luma), hue (rotation of the chroma plane in YIQ space). Frames are processed one at a time,
+    in place in the output, so the temporaries stay small; the per-pixel luma is applied one channel at a
+    time, which is cheaper than broadcasting it over the length-3 channel axis.
     """
-    out = images * np.float32(jitter.brightness)
-    mean_luma = (out @ _LUMA).mean(axis=(1, 2), keepdims=True)[..., None]
-    out = (out - mean_luma) * np.float32(jitter.contrast) + mean_luma
-    luma = (out @ _LUMA)[..., None]
-    out = (out - luma) * np.float32(jitter.saturation) + luma
+    out = np.empty(images.shape, np.float32)
+    hue_rotation = None
     if jitter.hue != 0.0:
         cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
         rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]], np.float32)
-        out = out @ (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+        hue_rotation = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
+    for image, frame in zip(images, out):
+        np.multiply(image, np.float32(jitter.brightness), out=frame)
+        mean_luma = (frame @ _LUMA).mean()
+        frame -= mean_luma
+        frame *= np.float32(jitter.contrast)
+        frame += mean_luma
+        luma = frame @ _LUMA
+        for channel in range(3):
+            frame[..., channel] -= luma
+        frame *= np.float32(jitter.saturation)
+        for channel in range(3):
+            frame[..., channel] += luma
+        if hue_rotation is not None:
+            frame[...] = frame @ hue_rotation
+        np.clip(frame, 0.0, 1.0, out=frame)
+    return out
