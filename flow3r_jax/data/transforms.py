@@ -51,10 +51,13 @@ class CropResize:
 
     def map_pixels(self, coords_px: np.ndarray) -> np.ndarray:
         """(..., 2) source pixel (x, y) -> (..., 2) output pixel (x, y), float32."""
-        sx, sy = self.scale
-        x = (coords_px[..., 0] + 0.5 - self.x0) * sx - 0.5
-        y = (coords_px[..., 1] + 0.5 - self.y0) * sy - 0.5
-        return np.stack([x, y], axis=-1).astype(np.float32)
+        out = np.add(coords_px, np.float32(0.5), dtype=np.float32)
+        for axis, (offset, scale) in enumerate(zip((self.x0, self.y0), self.scale)):
+            coord = out[..., axis]
+            coord -= np.float32(offset)
+            coord *= np.float32(scale)
+        out -= np.float32(0.5)
+        return out
 
     def transform_intrinsics(self, intrinsics: np.ndarray) -> np.ndarray:
         """(..., 3, 3) source intrinsics -> (..., 3, 3) float32 intrinsics of the output image."""
@@ -71,7 +74,7 @@ class CropResize:
     def sample_nearest(self, array: np.ndarray) -> np.ndarray:
         """(n, H_src, W_src, ...) labels -> (n, out_height, out_width, ...) nearest-pixel samples."""
         rows, cols = self.nearest_source_index()
-        return array[:, rows[:, None], cols[None, :]]
+        return array.take(rows, axis=1).take(cols, axis=2)
 
     def resize_images(self, frames: np.ndarray) -> np.ndarray:
         """(n, H_src, W_src, 3) uint8 -> (n, out_height, out_width, 3) float32 in [0, 1]."""
@@ -123,8 +126,8 @@ def transform_flow(flow_coords: np.ndarray, flow_mask: np.ndarray, source_hw: tu
     height, width = target_crop.out_height, target_crop.out_width
     inside = ((target_px[..., 0] >= -0.5) & (target_px[..., 0] <= width - 0.5)
               & (target_px[..., 1] >= -0.5) & (target_px[..., 1] <= height - 0.5))
-    return (pixel_to_ndc(target_px, height, width).astype(np.float32),
-            np.where(inside, mask, 0.0).astype(np.float32))
+    return (pixel_to_ndc(target_px, height, width).astype(np.float32, copy=False),
+            np.where(inside, mask, 0.0).astype(np.float32, copy=False))
 
 
 @dataclasses.dataclass(frozen=True)
