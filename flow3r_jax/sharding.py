@@ -25,24 +25,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical names used by the model code. Parameters: "embed" (model width), "mlp" (MLP hidden),
-# "qkv" (fused q/k/v output), "heads" (attention output input side), "conv_in"/"conv_out" (DPT
-# convolution channels), "layers" (the stacked axis of scanned blocks), None (replicated).
-# Activations: "batch", "frames", "tokens", "act_embed", "act_mlp", "act_heads".
+# "heads" (attention heads of the q/k/v kernel and of the output projection's input),
+# "conv_in"/"conv_out" (DPT convolution channels), "layers" (the stacked axis of scanned blocks),
+# "norm" (LayerNorm / LayerScale vectors), None (replicated).
+# Activations: "batch", "tokens", "act_embed", "act_mlp", "act_heads".
 LOGICAL_AXES = (
-    "batch", "frames", "tokens", "act_embed", "act_mlp", "act_heads",
-    "embed", "mlp", "qkv", "heads", "conv_in", "conv_out", "layers", "norm",
+    "batch", "tokens", "act_embed", "act_mlp", "act_heads",
+    "embed", "mlp", "heads", "conv_in", "conv_out", "layers", "norm",
 )
 
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
-    ("frames", None),
     ("tokens", None),
     ("act_embed", None),
     ("act_mlp", "tensor"),
     ("act_heads", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
-    ("qkv", "tensor"),
     ("heads", "tensor"),
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
@@ -97,14 +96,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh, rules):
-    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
-
-
 def state_shardings(abstract_state, mesh: Mesh, rules):
     """NamedShardings for an nnx.State whose Variables carry logical `out_sharding` metadata."""
-    return logical_to_sharding(nnx.get_partition_spec(abstract_state), mesh, rules)
+    return nn.logical_to_mesh_sharding(nnx.get_partition_spec(abstract_state), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
