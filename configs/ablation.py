@@ -11,14 +11,17 @@ objects). The study's own keys live in `ablation`:
   unlabeled_batch_size   unlabeled samples added to each step when unlabeled clips are used (the
                          "none" variant never reads them: it has no flow output to supervise)
   labeled_seed, unlabeled_seed, eval_seed   synthetic-set seeds (the scene kind is mixed in by the tool)
-tools/ablate.py turns these into `data.sources`, `data.eval_sources` and `global_batch_size`.
+flow3r_jax/flow_study.py turns these into `data.sources`, `data.eval_sources` and `global_batch_size`
+for each run, setting the variant, scene and unlabeled amount of the run on a copy of this config.
 
 Usage: python tools/ablate.py --out /tmp/ablation   (every variant, both scenes, plus the scaling runs)
+       python tools/ablate.py --out /tmp/ablation_big --config.total_steps=2000
 """
 
 import ml_collections
 
-from configs import common, model_sizes
+from configs import common
+from flow3r_jax.models import sizes
 from flow3r_jax.models.flow3r import FLOW_HEAD_TYPES
 
 SCENES = ("static", "dynamic")
@@ -32,7 +35,7 @@ def get_config(arg="factored"):
     if scene not in SCENES:
         raise ValueError(f"ablation scene {scene!r}; expected one of {SCENES}")
     c = common.get_base_config()
-    c.model = model_sizes.flow3r_small()
+    c.model = sizes.flow3r_small()
     c.model.flow_head.type = variant
     c.model.flow_head.tracking.corr_stride = 7    # CPU budget: correlate 7x7-pixel cells (soft-argmax refines)
     c.seed = 0
@@ -71,7 +74,11 @@ def get_config(arg="factored"):
     c.checkpoint.replica_parallel_save = False
     c.logging.every_steps = 50
     c.logging.image_every_steps = 0
-    c.eval.every_steps = 0
-    c.eval.batch_size = 4
+    # Scored once, after the last step, on every held-out clip.
+    c.evals.held_out.every_steps = c.get_ref("total_steps")
+    c.evals.held_out.batch_size = 4
+    c.evals.held_out.num_batches = 0
+    c.evals.held_out.angle_thresholds = (30, 5)
+    c.evals.held_out.point_metrics = True
     c.lock()
     return c

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import model_sizes
 from flow3r_jax import sharding
-from flow3r_jax.losses import default_loss_config
+from flow3r_jax.models import sizes
 
 
 def _placeholder(kind):
@@ -28,8 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Filled from --workdir by tools/launch.py; checkpoints, TensorBoard events and logs go there.
     c.workdir = ""
 
-    # Architecture (configs/model_sizes.py); recipes replace it with their size.
-    c.model = model_sizes.get_model_config("flow3r_tiny")
+    # Architecture (flow3r_jax/models/sizes.py); recipes replace it with their size.
+    c.model = sizes.get_model_config("flow3r_tiny")
 
     # Mesh sizes; one of them may be -1 (all remaining devices).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -60,35 +59,73 @@ def get_base_config() -> ml_collections.ConfigDict:
         no_decay_patterns=("norm", "bias$", "token", "pos_embed", "gamma$"),
     ))
 
-    c.loss = default_loss_config()
+    # The released loss. point_weight, normal_weight: local point and normal losses; camera_weight:
+    # weight of (camera_trans_alpha * Huber(camera_huber_delta) translation + rotation); conf_weight:
+    # confidence BCE (0 disables; the paper's confidence stage uses 0.05), conf_threshold: weighted L1
+    # error below which a pixel's confidence target is 1; flow_weight: flow loss, flow_charbonnier_alpha /
+    # _c: generalised Charbonnier shape and scale (NDC units), flow_mask_threshold: co-visibility mask
+    # threshold; scale_align_points: valid-pixel subset used to solve the per-sample point scale.
+    c.loss = ml_collections.ConfigDict(dict(
+        point_weight=1.0,
+        normal_weight=1.0,
+        camera_weight=0.1,
+        camera_trans_alpha=100.0,
+        camera_huber_delta=0.1,
+        conf_weight=0.0,
+        conf_threshold=0.02,
+        flow_weight=0.01,
+        flow_charbonnier_alpha=0.5,
+        flow_charbonnier_c=0.24,
+        flow_mask_threshold=0.5,
+        scale_align_points=4096,
+    ))
 
-    # Input pipeline (keys and meanings: flow3r_jax/data/pipeline.py). Empty / None values mean
-    # "derive it" as described there.
+    # Input pipeline (flow3r_jax/data/pipeline.py).
     c.data = ml_collections.ConfigDict(dict(
+        # Training sources, mixed by weight; entries {path | synthetic, weight, labeled, name}
+        # (flow3r_jax/data/sources.py). "synthetic": a split of the embedded synthetic dataset.
         sources=({"synthetic": "train"},),
+        # Held-out sources (weights ignored), read by the "held_out" evaluator.
         eval_sources=({"synthetic": "eval"},),
+        # Folder of the synthetic splits (built on first use).
         cache_dir="",
+        # N frames and S flow pairs per sample (pairs padded with zero-mask pairs).
         num_frames=2,
         pairs_per_sample=2,
+        # Output size when neither resolutions nor pixel_budget is set; also the evaluation size.
         height=28,
         width=42,
+        # Explicit (H, W) list; each global batch uses one, drawn by (seed, step).
         resolutions=(),
+        # > 0: derive the resolutions from H * W ~ pixel_budget with num_aspects aspect ratios W / H
+        # log-spaced over aspect_range.
         pixel_budget=0,
         aspect_range=(0.5, 2.0),
         num_aspects=5,
+        # Both sides of every resolution are multiples of it.
         patch_size=14,
+        # (H, W) of evaluation samples; empty: (height, width), else the first resolution.
         eval_resolution=(),
+        # Random crop side as a fraction of the largest crop of the batch's aspect ratio.
         crop_scale_range=(0.8, 1.0),
+        # Photometric augmentation of training samples: factors 1 + U(-a, a) for brightness, contrast,
+        # saturation; hue rotation U(-hue, hue) half-turns.
         augment=True,
         brightness=0.2,
         contrast=0.2,
         saturation=0.2,
         hue=0.02,
+        # Grain worker processes (0 = in the main process), batches buffered per worker, threads and
+        # prefetched batches per process.
         worker_count=0,
         worker_buffer_size=2,
         read_threads=1,
         read_buffer_size=4,
+        # Replace a corrupt record by the next one of its source (counted, logged) instead of raising.
         skip_corrupt=False,
+        # The synthetic splits (flow3r_jax/data/synthetic_dataset.py): clips per split; rendered size
+        # (None: height, width); frames and stored pairs per clip (None: max(4, num_frames),
+        # 2 * pairs_per_sample); shards; moving objects; seed (the eval split uses synthetic_seed + 1).
         num_train_clips=64,
         num_eval_clips=8,
         synthetic_height=_placeholder(int),
@@ -117,10 +154,12 @@ def get_base_config() -> ml_collections.ConfigDict:
         profile_num_steps=0,
     ))
 
-    c.eval = ml_collections.ConfigDict(dict(
-        every_steps=1000,
-        num_batches=4,
-        batch_size=8,
+    # Evaluators (flow3r_jax/evaluation/evaluators.py): name -> {type, every_steps (0: not during
+    # training), options of the type}. held_out: batch_size, num_batches (0 = all), angle_thresholds,
+    # point_metrics. benchmarks: benchmarks, data_root, pixel_limit, seed.
+    c.evals = ml_collections.ConfigDict(dict(
+        held_out=dict(type="held_out", every_steps=1000, batch_size=8, num_batches=4, angle_thresholds=(30,),
+                      point_metrics=False),
     ))
 
     # kind: "scratch" (fresh init), "flow3r" (a released Flow3r state_dict) or "pi3" (a pi3

@@ -8,13 +8,14 @@ its reason. Usage (the pi3 checkpoint path is required):
       --config.init.checkpoint_path=/path/to/pi3.safetensors
 """
 
-from configs import common, model_sizes
+from configs import common
+from flow3r_jax.models import sizes
 
 
 def get_config(arg=None):
     del arg
     c = common.get_base_config()
-    c.model = model_sizes.flow3r_large()
+    c.model = sizes.flow3r_large()
     c.model.dtype = "bfloat16"          # pi3: bf16 mixed precision (parameters stay float32)
     c.model.remat_policy = "dots"       # pi3: gradient checkpointing; choice: keep matmul outputs
     # choice: XLA picks the attention kernel; on NVIDIA GPUs pass --config.model.attention_impl=cudnn
@@ -64,9 +65,9 @@ def get_config(arg=None):
     c.checkpoint.keep = 3
     c.logging.every_steps = 50
     c.logging.image_every_steps = 2_000
-    c.eval.every_steps = 2_000
-    c.eval.num_batches = 16
-    c.eval.batch_size = 16
+    c.evals.held_out.every_steps = 2_000
+    c.evals.held_out.num_batches = 16
+    c.evals.held_out.batch_size = 16
 
     c.init.kind = "pi3"                 # paper: Flow3r is trained starting from pi3
     c.lock()

@@ -5,13 +5,14 @@ few hundred steps. Usage:
   python tools/launch.py --config configs/flow3r_tiny.py --workdir /tmp/flow3r_tiny
 """
 
-from configs import common, model_sizes
+from configs import common
+from flow3r_jax.models import sizes
 
 
 def get_config(arg=None):
     del arg
     c = common.get_base_config()
-    c.model = model_sizes.flow3r_tiny()
+    c.model = sizes.flow3r_tiny()
     c.total_steps = 300
     c.global_batch_size = 8
     c.mesh.data = -1
@@ -29,8 +30,8 @@ def get_config(arg=None):
     c.checkpoint.replica_parallel_save = False   # saves nothing on CPU, costs a compile per shape
     c.logging.every_steps = 10
     c.logging.image_every_steps = 100
-    c.eval.every_steps = 100
-    c.eval.num_batches = 1               # the synthetic eval split holds data.num_eval_clips = 8 clips
-    c.eval.batch_size = 8
+    c.evals.held_out.every_steps = 100
+    c.evals.held_out.num_batches = 1     # the synthetic eval split holds data.num_eval_clips = 8 clips
+    c.evals.held_out.batch_size = 8
     c.lock()
     return c

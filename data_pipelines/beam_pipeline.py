@@ -1,6 +1,6 @@
 """Apache Beam job: video files (or synthetic clip seeds) -> N ArrayRecord clip shards + manifest.
 
-One Beam element per shard to build: input k goes to shard k mod N (data_pipelines/shards.py), the
+One Beam element per shard to build: input k goes to shard k mod N (flow3r_jax/data/shard_writer.py), the
 shards are spread over workers by a Reshuffle, and each worker streams its inputs into one shard file
 (temp name, then rename) and its entry file. Any runner works (DirectRunner by default; pass Beam
 pipeline options, e.g. ["--runner=DataflowRunner", ...]); `out_dir` must be a filesystem path the
@@ -26,8 +26,8 @@ import pathlib
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_pipelines.shards import (atomic_write_text, complete_manifest, finished_shard, input_seed, write_manifest,
-                                   write_shard)
+from flow3r_jax.data.shard_writer import complete_manifest, finished_shard, input_seed, write_manifest, write_shard
+from flow3r_jax.files import atomic_write
 from data_pipelines.video import VideoClipConfig
 
 FAILURES_NAME = "failures.jsonl"
@@ -77,7 +77,7 @@ def build_shards_beam(inputs: list, out_dir, num_shards: int, *, source: str = "
     if missing:
         raise RuntimeError(f"{out_dir}: shards {missing} were not written; rerun to finish them")
     failures = [json.dumps(f) for e in entries for f in e["failures"]]
-    atomic_write_text(pathlib.Path(out_dir) / FAILURES_NAME, "".join(line + "\n" for line in failures))
+    atomic_write(pathlib.Path(out_dir) / FAILURES_NAME, "".join(line + "\n" for line in failures))
     return write_manifest(out_dir, prefix, entries, build)
 
 
@@ -121,7 +121,7 @@ class _WriteShardFn(beam.DoFn):
 def _record_maker(build: dict):
     """build -> function (input index, input) -> list of (source_id, record bytes)."""
     from data_pipelines.pseudo_flow import make_estimator
-    from data_pipelines.synthetic import synthetic_record
+    from flow3r_jax.data.synthetic import synthetic_record
     from data_pipelines.video import video_records
     from flow3r_jax.data.records import encode_clip
 

@@ -157,7 +157,7 @@ def pseudo_flow_targets(frames: np.ndarray, pairs: np.ndarray, estimator: FlowEs
 def estimator_epe(estimator: FlowEstimator, clips, pairs) -> dict:
     """End-point error (pixels) of `estimator` against the exact flow of synthetic clips.
 
-    `clips`: data_pipelines.synthetic.SyntheticClip objects; `pairs`: (i, j) pairs evaluated in every clip.
+    `clips`: flow3r_jax.data.synthetic.SyntheticClip objects; `pairs`: (i, j) pairs evaluated in every clip.
     Returns epe (mean over ground-truth co-visible pixels), epe_kept (over those also kept by the
     forward-backward mask), kept_fraction (of GT co-visible pixels the mask keeps) and occluded_kept
     (fraction of GT non-co-visible pixels the mask wrongly keeps).

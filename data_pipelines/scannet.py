@@ -13,7 +13,7 @@ id / SCANNET_FPS). Clips are `clip_length` used frames, starting every `clip_str
 containing a frame with an invalid pose is skipped and logged. Colour is resized (area) to `size`
 (H, W, multiples of 14); depth is re-projected into that camera (its own intrinsics, the shared pose,
 a z-buffer keeping the nearest point per pixel), so colour and depth align even when the sensors differ.
-Flow pairs follow data_pipelines/pairs.py; flow is the static-scene reprojection of frame i's depth into
+Flow pairs follow flow3r_jax/data/pairs.py; flow is the static-scene reprojection of frame i's depth into
 frame j, co-visible when inside frame j, in front of it, and within `depth_rtol` (relative) of frame j's
 depth at the nearest pixel (occlusion test); pixels without depth are not co-visible.
 """
@@ -27,7 +27,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from data_pipelines.pairs import sample_pairs
+from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import FLOW_NDC_LIMIT, Clip, encode_frame
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 

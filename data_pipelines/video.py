@@ -5,7 +5,7 @@ next sampling time, so a video slower than target_fps keeps every frame); a clip
 consecutive kept frames; consecutive clips start `clip_stride` kept frames apart (stride == length:
 back-to-back clips, smaller: overlapping clips); the tail shorter than a clip is not used. Frames are
 resized (area interpolation) to the aspect-preserving size of about `target_pixels` pixels with each side
-rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow data_pipelines/pairs.py and their
+rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow flow3r_jax/data/pairs.py and their
 targets come from data_pipelines/pseudo_flow.py. A file that cannot be opened or decoded, or that is too
 short for one clip, raises VideoError naming the file.
 """
@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 
-from data_pipelines.pairs import sample_pairs
+from flow3r_jax.data.pairs import sample_pairs
 from data_pipelines.pseudo_flow import FlowEstimator, pseudo_flow_targets
 from flow3r_jax.data.records import Clip, encode_frame
 

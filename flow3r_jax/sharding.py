@@ -107,6 +107,14 @@ def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
+def mesh_axes_of(rules, logical: str) -> tuple[str, ...]:
+    """The mesh axes `logical` maps to under `rules` (empty when it is replicated or has no rule)."""
+    for name, axes in rules:
+        if name == logical:
+            return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return ()
+
+
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     """Logical sharding constraint on an activation; a no-op outside `use_rules`/mesh context."""
     return nn.with_logical_constraint(x, names)

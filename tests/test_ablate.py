@@ -1,6 +1,6 @@
-"""tools/ablate.py end to end at a tiny size: synthetic sets built, runs trained through the real loop
-(Orbax checkpoints, Grain iterators, 8 simulated devices), scored on the held-out set, tables and the
-scaling plot written; and the ablation config's variants and scenes."""
+"""The flow-supervision study end to end at a tiny size: synthetic sets built, runs trained through the
+real loop (Orbax checkpoints, Grain iterators, 8 simulated devices), scored by the config's held-out
+evaluator, tables and the scaling plot written; and the study config's variants and scenes."""
 
 import json
 
@@ -9,13 +9,25 @@ import pytest
 from PIL import Image
 
 from configs import ablation
-from tools import ablate
+from flow3r_jax import flow_study
+from support import with_values
 
-TINY = ["total_steps=2", "optimizer.warmup_steps=1", "model.encoder.depth=1", "model.decoder.depth=2",
-        "model.heads.depth=1", "data.height=28", "data.width=42", "data.num_frames=2", "data.pairs_per_sample=2",
-        "data.synthetic_frames_per_clip=4", "data.synthetic_pairs_per_clip=4", "ablation.num_labeled_clips=4",
-        "ablation.num_unlabeled_clips=4", "ablation.num_eval_clips=8", "ablation.labeled_batch_size=8",
-        "ablation.unlabeled_batch_size=8", "eval.batch_size=8"]
+TINY = {"total_steps": 2, "optimizer.warmup_steps": 1, "model.encoder.depth": 1, "model.decoder.depth": 2,
+        "model.heads.depth": 1, "data.height": 28, "data.width": 42, "data.num_frames": 2, "data.pairs_per_sample": 2,
+        "data.synthetic_frames_per_clip": 4, "data.synthetic_pairs_per_clip": 4, "ablation.num_labeled_clips": 4,
+        "ablation.num_unlabeled_clips": 4, "ablation.num_eval_clips": 8, "ablation.labeled_batch_size": 8,
+        "ablation.unlabeled_batch_size": 8, "evals.held_out.batch_size": 8}
+
+
+def _tiny_study():
+    config = ablation.get_config("factored")
+    for key, value in TINY.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
 
 
 def test_config_variants_and_errors():
@@ -27,16 +39,19 @@ def test_config_variants_and_errors():
         ablation.get_config("optical")
     with pytest.raises(ValueError, match="scene"):
         ablation.get_config("factored,indoor")
-    with pytest.raises(KeyError, match="no key"):
-        ablate.apply_overrides(ablation.get_config("none"), ["ablation.num_unlabelled_clips=3"])
+    config = ablation.get_config("none")
+    config.total_steps = 77      # the held-out evaluator follows total_steps: it scores after the last step
+    assert config.evals.held_out.every_steps == 77
+    run = flow_study.run_config(config, "tracking", "dynamic", num_unlabeled=5)
+    assert (run.model.flow_head.type, run.data.synthetic_dynamic, run.ablation.num_unlabeled_clips) == \
+        ("tracking", True, 5)
+    assert config.model.flow_head.type == "none"   # the study config itself is untouched
+    assert with_values(run, total_steps=3).evals.held_out.every_steps == 77  # resolved copies keep the value
 
 
-def test_ablation_tool_runs_end_to_end(tmp_path):
-    args = ["--out", str(tmp_path), "--variants", "factored,none", "--scenes", "static", "--scaling-scene", "static",
-            "--scaling-amounts", "0"]
-    for item in TINY:
-        args += ["--set", item]
-    ablate.main(args)
+def test_study_runs_end_to_end(tmp_path):
+    flow_study.run_study(_tiny_study(), str(tmp_path), variants=("factored", "none"), scenes=("static",),
+                         scaling_scene="static", scaling_amounts=(0,))
 
     results = json.loads((tmp_path / "results.json").read_text())
     runs = {r["run"]: r for r in results["runs"] + results["scaling"]}
@@ -44,7 +59,6 @@ def test_ablation_tool_runs_end_to_end(tmp_path):
     assert runs["static-none"]["num_unlabeled"] == 0 and runs["static-factored"]["num_unlabeled"] == 4
     for run in runs.values():
         metrics = run["metrics"]
-        assert metrics["num_clips"] == 8
         for name in ("RRA@30", "RTA@30", "AUC@30", "RRA@5", "RTA@5"):
             assert 0.0 <= metrics[name] <= 100.0
         assert metrics["CD"] > 0 and metrics["MSE"] > 0
@@ -55,3 +69,5 @@ def test_ablation_tool_runs_end_to_end(tmp_path):
     assert plot.ndim == 3 and plot.shape[0] > 100 and plot.std() > 0
     for run in runs.values():
         assert (tmp_path / "runs" / run["run"] / "checkpoints" / "2").is_dir()
+        assert json.loads((tmp_path / "runs" / run["run"] / "config.json").read_text())["model"]["flow_head"][
+            "type"] == run["variant"]

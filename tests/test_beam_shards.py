@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from data_pipelines.beam_pipeline import FAILURES_NAME, SyntheticSpec, build_shards_beam
-from data_pipelines.shards import file_sha256, read_clips, shard_paths
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.shard_reader import read_clips
+from flow3r_jax.data.shard_writer import file_sha256, manifest_shard_files
+from flow3r_jax.data.synthetic import generate_clip
 from data_pipelines.video import VideoClipConfig
 from test_video_ingest import write_video
 
@@ -39,7 +40,7 @@ def test_beam_job_reports_failure_and_rerun_skips_finished_shards(tmp_path, vide
     assert failures == manifest["failures"]
     sources = sorted(manifest["sources"])
     assert sources == sorted(f"{v}#{k}" for v in videos if "corrupt" not in v for k in range(2))
-    clips = [c for p in shard_paths(out) for c in read_clips(p)]
+    clips = [c for p in manifest_shard_files(out) for c in read_clips(p)]
     assert sorted(c.source_id for c in clips) == sources
     assert all(c.height == 42 and c.width == 56 and c.flow_pairs.shape == (2, 2) for c in clips)
     for shard in manifest["shards"]:
@@ -50,7 +51,7 @@ def test_beam_job_reports_failure_and_rerun_skips_finished_shards(tmp_path, vide
     assert {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()} == mtimes
 
     # An interrupted job (manifest and one shard missing) redoes only the missing shard.
-    first, second = shard_paths(out)
+    first, second = manifest_shard_files(out)
     (out / "manifest.json").unlink()
     second.unlink()
     rebuilt = build_shards_beam(videos, out, num_shards=2, video_config=CONFIG, prefix="video")
@@ -63,7 +64,7 @@ def test_beam_job_on_synthetic_seeds(tmp_path):
     spec = SyntheticSpec(height=28, width=42, frames_per_clip=3, pairs_per_clip=2, dynamic=True)
     manifest = build_shards_beam([5, 6, 7], tmp_path, num_shards=2, source="synthetic", synthetic=spec)
     assert manifest["total_records"] == 3 and manifest["num_failures"] == 0
-    clips = {c.source_id: c for p in shard_paths(tmp_path) for c in read_clips(p)}
+    clips = {c.source_id: c for p in manifest_shard_files(tmp_path) for c in read_clips(p)}
     assert len(clips) == 3 and all(c.is_labeled for c in clips.values())
     depth = generate_clip(6, 28, 42, 3, dynamic=True).depth
     match = [c for c in clips.values() if "seed=6:" in c.source_id][0]

@@ -6,8 +6,8 @@ from ml_collections import config_flags
 
 from configs import flow3r_large, flow3r_tiny
 from flow3r_jax import sharding
-from flow3r_jax.losses import default_loss_config
-from flow3r_jax.train import loop, optimizer
+from configs import common
+from flow3r_jax.train import optimizer, setup
 
 TINY = "configs/flow3r_tiny.py"
 
@@ -24,7 +24,7 @@ def _parse(*overrides, path=TINY):
 def test_configs_are_complete_and_locked(module):
     config = module.get_config()
     assert config.is_locked
-    assert set(config.loss.keys()) == set(default_loss_config().keys())
+    assert set(config.loss.keys()) == set(common.get_base_config().loss.keys())
     sharding.rules_from_config(config.sharding.rules)
     optimizer.parse_param_groups(config.optimizer.param_groups)
     sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, num_devices=64)
@@ -77,12 +77,12 @@ def test_cross_field_checks_name_the_key():
     config = flow3r_tiny.get_config()
     config.init.kind = "pi3"
     with pytest.raises(ValueError, match="init.checkpoint_path"):
-        loop.check_config(config)
+        setup.check_config(config)
     config = flow3r_tiny.get_config()
     config.init.kind = "vggt"
     with pytest.raises(ValueError, match="init.kind"):
-        loop.check_config(config)
+        setup.check_config(config)
     config = flow3r_tiny.get_config()
     config.grad_accum_steps = 3
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
-        loop.check_config(config)
+        setup.check_config(config)

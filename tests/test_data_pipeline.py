@@ -10,10 +10,13 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.sources import resolve_sources
+from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
 from flow3r_jax.geometry.camera import project_points, reprojection_flow
 from flow3r_jax.geometry.ndc import ndc_to_pixel
 from flow3r_jax.geometry.transforms import se3_inverse, transform_points
+from support import data_config, with_values
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
@@ -21,11 +24,11 @@ NUM_TRAIN = 12
 
 @pytest.fixture(scope="module")
 def data_cfg(tmp_path_factory):
-    cfg = dict(cache_dir=str(tmp_path_factory.mktemp("synthetic")), num_frames=N, pairs_per_sample=S,
-               height=H, width=W, num_train_clips=NUM_TRAIN, num_eval_clips=5, synthetic_num_shards=3,
-               synthetic_height=42, synthetic_width=56, synthetic_frames_per_clip=4, synthetic_pairs_per_clip=5,
-               crop_scale_range=(0.6, 1.0))
-    pipeline.ensure_synthetic_dataset(cfg)
+    cfg = data_config(cache_dir=str(tmp_path_factory.mktemp("synthetic")), num_frames=N, pairs_per_sample=S,
+                      height=H, width=W, num_train_clips=NUM_TRAIN, num_eval_clips=5, synthetic_num_shards=3,
+                      synthetic_height=42, synthetic_width=56, synthetic_frames_per_clip=4,
+                      synthetic_pairs_per_clip=5, crop_scale_range=(0.6, 1.0))
+    ensure_synthetic_dataset(cfg)
     return cfg
 
 
@@ -68,7 +71,7 @@ def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
     transformed flow targets on co-visible pixels. Points come from the same source pixel as the flow
     (tolerance 0.05 px: float16 storage of flow); unprojecting depth through the output pixel centre is
     off by at most half a source pixel (tolerance: median 0.45 px, every pixel 1.5 px)."""
-    cfg = data_cfg | {"resolutions": [(28, 42), (42, 28), (28, 28)]}
+    cfg = with_values(data_cfg, resolutions=[(28, 42), (42, 28), (28, 28)])
     batches = _batches(cfg, 3)
     assert len({b["images"].shape for b in batches}) >= 2
     depth_errors, point_errors = [], []
@@ -96,7 +99,7 @@ def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
 
 def test_same_seed_gives_identical_batches_for_any_worker_count(data_cfg):
     reference = _batches(data_cfg, 3, seed=5)
-    _assert_same(reference, _batches(data_cfg | {"worker_count": 2}, 3, seed=5))
+    _assert_same(reference, _batches(with_values(data_cfg, worker_count=2), 3, seed=5))
     other = _batches(data_cfg, 1, seed=6)[0]
     assert not np.array_equal(other["images"], reference[0]["images"])
 
@@ -148,7 +151,7 @@ def _write_shard(path, records):
 
 
 def _train_records(cfg):
-    shard = sorted(pipeline.resolve_sources(cfg, [{"synthetic": "train"}])[0].paths)[0]
+    shard = sorted(resolve_sources(cfg, [{"synthetic": "train"}])[0].paths)[0]
     reader = ArrayRecordReader(shard)
     records = [reader.read([k])[0] for k in range(reader.num_records())]
     reader.close()
@@ -164,12 +167,12 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
     shard = tmp_path / "bad" / "bad-00000-of-00001.array_record"
     shard.parent.mkdir()
     _write_shard(shard, [records[0], bytes(flipped), encode_clip(bad_pose), records[3]])
-    cfg = data_cfg | {"sources": [{"path": str(shard.parent)}], "crop_scale_range": (1.0, 1.0)}
+    cfg = with_values(data_cfg, sources=[{"path": str(shard.parent)}], crop_scale_range=(1.0, 1.0))
     with pytest.raises(RecordError, match=rf"{shard}#(1: checksum|2: non-finite values in camera_poses)"):
         _batches(cfg, 2)
 
     counter = pipeline.CorruptRecordCounter()
-    iterator = pipeline.make_train_iterator(cfg | {"skip_corrupt": True}, global_batch_size=4, seed=0,
+    iterator = pipeline.make_train_iterator(with_values(cfg, skip_corrupt=True), global_batch_size=4, seed=0,
                                             process_index=0, process_count=1, corrupt_counter=counter)
     batches = [next(iterator) for _ in range(2)]
     iterator.close()
@@ -181,13 +184,13 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
     _write_shard(truncated, records)
     truncated.write_bytes(truncated.read_bytes()[: os.path.getsize(truncated) // 2])
     with pytest.raises(ValueError, match=str(truncated)):
-        pipeline.make_train_iterator(cfg | {"sources": [{"path": str(truncated)}]}, global_batch_size=4,
+        pipeline.make_train_iterator(with_values(cfg, sources=[{"path": str(truncated)}]), global_batch_size=4,
                                      seed=0, process_index=0, process_count=1)
 
 
 def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cfg):
     train = {"synthetic": "train"}
-    cfg = data_cfg | {"sources": [train | {"weight": 3.0}, train | {"weight": 1.0, "labeled": False}]}
+    cfg = with_values(data_cfg, sources=[train | {"weight": 3.0}, train | {"weight": 1.0, "labeled": False}])
     stream = pipeline.host_record_stream(cfg, seed=0, process_index=0, process_count=1)
     sources = np.array([stream[k][0] for k in range(400)])
     assert abs(np.mean(sources == 0) - 0.75) < 0.03

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.evaluation.benchmarks import io
 from flow3r_jax.evaluation.runner import EvalSettings, evaluate_benchmarks, oracle_predict_fn
 

@@ -1,20 +1,18 @@
 """tools/export_pytorch.py: a real Orbax training checkpoint -> official-layout state_dict, bit-exact."""
 
-import sys
-
 import grain
 import ml_collections
 import numpy as np
 import optax
 
-from configs.model_sizes import get_model_config
+from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax import sharding
 from flow3r_jax.interop.pytorch import import_pytorch_checkpoint, load_state_dict
 from flow3r_jax.models import build_model
 from flow3r_jax.train import checkpointing, state as state_lib
+from support import load_tool
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
-import export_pytorch  # noqa: E402
+export_pytorch = load_tool("export_pytorch")
 
 
 def test_export_from_orbax_training_checkpoint(shared_dir, tmp_path):

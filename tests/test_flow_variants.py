@@ -5,74 +5,55 @@ centred pinhole in numpy and jax."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import model_sizes
-from data_pipelines.synthetic import generate_clip
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.synthetic import generate_clip
+from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset, synthetic_split_dir
 from flow3r_jax.geometry.camera import depth_to_local_points, intrinsics_from_local_points, reprojection_flow
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
-from flow3r_jax.losses import compute_losses, default_loss_config
-from flow3r_jax.models import build_model
 from flow3r_jax.models.flow3r import FLOW_HEAD_TYPES
 from flow3r_jax.models.projective_flow import projective_flow
-from flow3r_jax.train import optimizer, state as state_lib, train_step
+from flow3r_jax.train import setup
+from support import tiny_config
 
 HEIGHT, WIDTH = 28, 42
 
 
-def _tiny_model(variant):
-    cfg = model_sizes.flow3r_tiny()
-    cfg.encoder.depth, cfg.decoder.depth, cfg.heads.depth = 1, 2, 1
-    cfg.flow_head.type = variant
-    return cfg
-
-
 @pytest.fixture(scope="module")
-def data_cfg(tmp_path_factory):
-    """Real shards: a labeled synthetic split and the same clips read as an unlabeled source."""
-    cfg = ml_collections.ConfigDict(dict(
-        cache_dir=str(tmp_path_factory.mktemp("variants")), num_frames=2, pairs_per_sample=2, height=HEIGHT,
-        width=WIDTH, num_train_clips=4, num_eval_clips=4, augment=False))
-    pipeline.ensure_synthetic_dataset(cfg)
-    train_dir = pipeline.synthetic_split_dir(cfg, "train")
-    cfg.sources = [{"path": train_dir, "labeled": True}, {"path": train_dir, "labeled": False}]
-    return cfg
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("variants")
+
+
+def _variant_config(variant, cache_dir):
+    """The tiny config, shallower, with the variant's flow head; a labeled synthetic split and the same
+    clips read as an unlabeled source."""
+    config = tiny_config(cache_dir, **{
+        "model.encoder.depth": 1, "model.decoder.depth": 2, "model.heads.depth": 1, "model.flow_head.type": variant,
+        "data.num_train_clips": 4, "data.num_eval_clips": 4, "data.augment": False, "optimizer.warmup_steps": 0,
+        "total_steps": 10})
+    train_dir = synthetic_split_dir(config.data, "train")
+    ensure_synthetic_dataset(config.data)
+    config.data.sources = ({"path": train_dir, "labeled": True}, {"path": train_dir, "labeled": False})
+    return config
 
 
 @pytest.mark.parametrize("variant", FLOW_HEAD_TYPES)
-def test_variant_trains_a_step_and_outputs_flow(variant, data_cfg):
-    cfg = _tiny_model(variant)
-    opt_cfg = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, warmup_steps=0, final_lr_ratio=1.0,
-        clip_norm=1.0, param_groups=[], no_decay_patterns=[]))
-    loss_cfg = default_loss_config()
-    mesh = sharding.make_mesh(-1, 1, 1)
-    rules = sharding.rules_from_config([[n, list(a) if isinstance(a, tuple) else a]
-                                        for n, a in sharding.DEFAULT_RULES])
-
-    def model_fn(rngs):
-        return build_model(cfg, rngs=rngs)
-
-    layout = state_lib.make_layout(model_fn, lambda p: optimizer.make_optimizer(opt_cfg, 10, p), mesh, rules, 0)
-    state = state_lib.init_state(layout, model_fn, seed=0)
+def test_variant_trains_a_step_and_outputs_flow(variant, cache_dir):
+    config = _variant_config(variant, cache_dir)
+    program = setup.build_program(config, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    state = program.init_state()
     initial = jax.device_get(state.params)
-    local = next(pipeline.make_train_iterator(data_cfg, global_batch_size=8, seed=0, process_index=0,
+    local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
                                               process_count=1))
     assert local["is_labeled"].any() and not local["is_labeled"].all()
-    step = train_step.make_train_step(
-        layout, lambda out, batch: compute_losses(out, batch, loss_cfg),
-        schedule=optimizer.learning_rate_schedule(opt_cfg, 10),
-        frozen=optimizer.frozen_mask(layout.abstract.params, opt_cfg), accum_steps=1,
-        mesh=mesh, rules=rules, example_batch=local)
-    with sharding.use_rules(mesh, rules):
-        batch = train_step.global_batch(local, mesh, rules)
-        state, metrics = step(state, batch)
-        out = jax.eval_shape(train_step.make_predict_fn(layout), state.params, state.buffers, batch["images"],
-                             batch["pair_indices"])
+    with sharding.use_rules(program.mesh, program.rules):
+        batch = program.global_batch(local)
+        state, metrics = program.train_step(state, batch)
+        out = jax.eval_shape(lambda params, buffers: program.layout.model(params, buffers)(
+            batch["images"], batch["pair_indices"]), state.params, state.buffers)
 
     assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
     if variant == "none":
@@ -87,7 +68,7 @@ def test_variant_trains_a_step_and_outputs_flow(variant, data_cfg):
     if variant != "projective":
         before = jax.tree.leaves(initial["flow_head"])
         after = jax.tree.leaves(jax.device_get(state.params)["flow_head"])
-        assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+        assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def _centred_scene():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.model_sizes import get_model_config
+from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.interop.pytorch import (CheckpointMismatchError, export_pytorch_checkpoint, import_pytorch_checkpoint,
                                         load_state_dict, params_to_state_dict, save_state_dict)
 from flow3r_jax.models import build_model

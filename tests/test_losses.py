@@ -11,7 +11,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from flow3r_jax.geometry import camera, transforms
-from flow3r_jax.losses import compute_losses, default_loss_config
+from configs import common
+from flow3r_jax.losses import compute_losses
 from flow3r_jax.losses.flow import generalized_charbonnier
 from flow3r_jax.losses.point import nearest_resample_indices
 
@@ -20,7 +21,7 @@ ACOS_FLOOR = float(np.arccos(np.float32(1.0 - 1e-6)))  # rotation term of a perf
 
 
 def frozen(**overrides):
-    cfg = default_loss_config()
+    cfg = common.get_base_config().loss
     cfg.update(overrides)
     return ml_collections.FrozenConfigDict(cfg)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.model_sizes import get_model_config
+from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.interop.pytorch import import_pytorch_checkpoint
 from flow3r_jax.models import build_model
 from flow3r_jax.models.encoder import resize_pos_embed

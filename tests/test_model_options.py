@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.model_sizes import get_model_config
+from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.models import build_model
 from flow3r_jax.models.layers import Block, scan_layers, stacked
 from flow3r_jax.models.rope import token_positions

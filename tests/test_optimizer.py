@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import flow3r_large, model_sizes
+from configs import flow3r_large
+from flow3r_jax.models import sizes
 from flow3r_jax import sharding
 from flow3r_jax.models import build_model
 from flow3r_jax.train import optimizer, state as state_lib, train_step
@@ -45,7 +46,8 @@ def _toy_step(accum_steps, mesh):
     step = train_step.make_train_step(
         layout, _toy_loss, schedule=optimizer.learning_rate_schedule(cfg, 10),
         frozen=optimizer.frozen_mask(layout.abstract.params, cfg), accum_steps=accum_steps, mesh=mesh,
-        rules=sharding.DEFAULT_RULES, example_batch=_toy_batch(0))
+        rules=sharding.DEFAULT_RULES,
+        batch_shardings={k: sharding.batch_sharding(mesh, sharding.DEFAULT_RULES, v.ndim) for k, v in _toy_batch(0).items()})
     return layout, step
 
 
@@ -120,7 +122,7 @@ def test_bad_groups_fail_clearly():
 def test_large_recipe_groups_on_the_real_parameter_tree():
     """The flow3r_large groups and no-decay patterns applied to the real Flow3r parameter paths."""
     cfg = flow3r_large.get_config().optimizer
-    abstract = nnx.eval_shape(lambda: build_model(model_sizes.flow3r_tiny(), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(sizes.flow3r_tiny(), rngs=nnx.Rngs(0)))
     params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     labels = {optimizer.path_string(p): label for p, label in
               jax.tree_util.tree_leaves_with_path(optimizer.param_labels(params, cfg))}

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from configs.model_sizes import get_model_config
+from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.inference.predictor import model_predict_fn
 from flow3r_jax.models import build_model
 

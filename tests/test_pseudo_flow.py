@@ -5,7 +5,7 @@ import pytest
 
 from data_pipelines.pseudo_flow import (PseudoFlowError, estimator_epe, forward_backward_mask, make_estimator,
                                         pseudo_flow_targets, registered_estimators)
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.geometry.ndc import ndc_coords_to_pixel_flow
 
 # Adjacent frames of 112 x 154 synthetic clips move 5-12 px; DIS "medium" measures about 1.2 px EPE on all

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from data_pipelines.shards import WRITER_OPTIONS, read_clips, shard_filename
-from data_pipelines.synthetic import synthetic_record
+from flow3r_jax.data.shard_reader import read_clips
+from flow3r_jax.data.shard_writer import WRITER_OPTIONS, shard_filename
+from flow3r_jax.data.synthetic import synthetic_record
 from flow3r_jax.data.records import (FLOW_NDC_SCALE, RECORD_VERSION, Clip, RecordError, decode_clip,
                                      decode_frames, encode_clip, open_clip)
 
@@ -54,7 +55,7 @@ def test_unlabeled_round_trip(labeled_clip):
 def test_decode_frames_png_is_exact(labeled_clip):
     frames = decode_frames(labeled_clip, [3, 0])
     assert frames.shape == (2, 28, 42, 3) and frames.dtype == np.uint8
-    from data_pipelines.synthetic import generate_clip
+    from flow3r_jax.data.synthetic import generate_clip
     images = generate_clip(5, 28, 42, 4, True).images
     np.testing.assert_array_equal(frames, images[[3, 0]])
     with pytest.raises(RecordError, match="frame index 4"):

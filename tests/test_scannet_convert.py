@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.scannet import convert_scannet_scene
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.data.records import decode_clip, encode_clip
 from flow3r_jax.geometry.ndc import ndc_to_pixel
 

@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines.pairs import sample_pairs
-from data_pipelines.shards import build_synthetic_shards, file_sha256, read_clips, shard_paths
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.pairs import sample_pairs
+from flow3r_jax.data.shard_reader import read_clips
+from flow3r_jax.data.shard_writer import file_sha256, manifest_shard_files
+from flow3r_jax.data.synthetic_dataset import build_synthetic_shards
+from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.data.records import decode_frames
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid
 
@@ -39,7 +41,7 @@ def static_shards(tmp_path_factory):
 def test_stored_flow_matches_depth_reprojection(static_shards):
     out, _ = static_shards
     checked = 0
-    for path in shard_paths(out):
+    for path in manifest_shard_files(out):
         for clip in read_clips(path):
             assert clip.is_labeled and clip.valid_mask.all()
             for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask):
@@ -56,7 +58,7 @@ def test_stored_flow_matches_depth_reprojection(static_shards):
 
 def test_covisible_pixels_are_photoconsistent_and_depth_consistent(static_shards):
     out, _ = static_shards
-    clip = next(read_clips(shard_paths(out)[0]))
+    clip = next(read_clips(manifest_shard_files(out)[0]))
     images = decode_frames(clip, range(T)).astype(np.float32) / 255.0
     for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask):
         px = np.rint(ndc_to_pixel(coords, H, W)).astype(int)
@@ -138,7 +140,7 @@ def test_shard_build_is_idempotent_and_repairs_missing_shards(static_shards):
     mtimes = {p: os.stat(p).st_mtime_ns for p in out.iterdir()}
     assert build_synthetic_shards(out, **kwargs) == manifest
     assert {p: os.stat(p).st_mtime_ns for p in out.iterdir()} == mtimes
-    first, second = shard_paths(out)
+    first, second = manifest_shard_files(out)
     second.unlink()
     assert build_synthetic_shards(out, **kwargs) == manifest
     assert os.stat(first).st_mtime_ns == mtimes[first]

@@ -22,20 +22,20 @@ import numpy as np
 import pytest
 from tensorboard.util import tensor_util
 
-from configs import flow3r_tiny
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
-from flow3r_jax.losses import compute_losses
-from flow3r_jax.models import build_model
-from flow3r_jax.train import checkpointing, evaluation, metrics, optimizer, state as state_lib, train_step
+from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
+from flow3r_jax.evaluation import held_out
+from flow3r_jax.train import checkpointing, setup, summaries
+from support import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
 TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoint 3 lands
 CHECKPOINT_EVERY = 3
-STRAIGHT_RUN_ARGS = (f"--config.eval.every_steps={TOTAL_STEPS}", "--config.eval.num_batches=1",
+STRAIGHT_RUN_ARGS = (f"--config.evals.held_out.every_steps={TOTAL_STEPS}", "--config.evals.held_out.num_batches=1",
                      f"--config.logging.image_every_steps={TOTAL_STEPS}")
-KILLED_RUN_ARGS = ("--config.eval.every_steps=0", "--config.logging.image_every_steps=0")
+KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.image_every_steps=0")
 
 
 def _launch(cache_root, workdir, *extra):
@@ -58,8 +58,7 @@ def _launch(cache_root, workdir, *extra):
 def cache_dir(tmp_path_factory):
     """Synthetic data and the XLA compilation cache, shared by every run of this module."""
     root = tmp_path_factory.mktemp("train_cache")
-    config = _config(root)
-    pipeline.ensure_synthetic_dataset(config.data)
+    ensure_synthetic_dataset(_config(root).data)
     return root
 
 
@@ -76,41 +75,25 @@ def straight_run(cache_dir, tmp_path_factory):
         process.wait()
 
 
-def _config(cache_root):
-    config = flow3r_tiny.get_config()
-    config.data.cache_dir = str(cache_root / "synthetic")
-    config.mesh.data, config.mesh.fsdp = 2, 4
-    config.optimizer.warmup_steps = 2
-    return config
+def _config(cache_root, **overrides):
+    return tiny_config(cache_root / "synthetic", **{"mesh.data": 2, "mesh.fsdp": 4, "optimizer.warmup_steps": 2,
+                                                      **overrides})
 
 
 def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_dir, straight_run):
     del straight_run  # only started here, to overlap its compilation with this test's
-    config = _config(cache_dir)
-    config.optimizer.param_groups = FROZEN_ENCODER
-    config.optimizer.warmup_steps = 0
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    rules = sharding.rules_from_config(config.sharding.rules)
-
-    def model_fn(rngs):
-        return build_model(config.model, rngs=rngs)
-
-    layout = state_lib.make_layout(model_fn, lambda p: optimizer.make_optimizer(config.optimizer, 50, p),
-                                   mesh, rules, seed=0)
-    state = state_lib.init_state(layout, model_fn, seed=0)
+    config = _config(cache_dir, **{"optimizer.param_groups": FROZEN_ENCODER, "optimizer.warmup_steps": 0,
+                                    "total_steps": 50})
+    program = setup.build_program(config)
+    state = program.init_state()
     initial = jax.device_get(state.params)
     local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
                                               process_count=1))
-    step = train_step.make_train_step(
-        layout, lambda out, batch: compute_losses(out, batch, config.loss),
-        schedule=optimizer.learning_rate_schedule(config.optimizer, 50),
-        frozen=optimizer.frozen_mask(layout.abstract.params, config.optimizer), accum_steps=1,
-        mesh=mesh, rules=rules, example_batch=local)
     losses = []
-    with sharding.use_rules(mesh, rules):
-        batch = train_step.global_batch(local, mesh, rules)
+    with sharding.use_rules(program.mesh, program.rules):
+        batch = program.global_batch(local)
         for _ in range(6):
-            state, metrics = step(state, batch)
+            state, metrics = program.train_step(state, batch)
             losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)), losses
     assert losses[-1] < 0.9 * losses[0], losses
@@ -155,18 +138,15 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
     for step in expected:
         assert np.isfinite(expected[step])
         np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
-    assert set(_logged(straight_dir, "eval/flow_epe_px")) == {TOTAL_STEPS}
+    assert set(_logged(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
     assert set(_logged(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
 
-    config = _config(cache_dir)
     restored = {}
     for data, fsdp in ((2, 4), (1, 8)):
-        mesh = sharding.make_mesh(data, fsdp, 1)
-        layout = state_lib.make_layout(lambda rngs: build_model(config.model, rngs=rngs),
-                                       lambda p: optimizer.make_optimizer(config.optimizer, TOTAL_STEPS, p),
-                                       mesh, sharding.rules_from_config(config.sharding.rules), seed=0)
+        config = _config(cache_dir, **{"mesh.data": data, "mesh.fsdp": fsdp, "total_steps": TOTAL_STEPS})
+        program = setup.build_program(config)
         manager = checkpointing.make_manager(str(killed_dir / "checkpoints"), config.checkpoint)
-        restored[fsdp] = checkpointing.restore(manager, layout.abstract)
+        restored[fsdp] = checkpointing.restore(manager, program.layout.abstract)
         manager.close()
     assert int(restored[8].step) == TOTAL_STEPS
     kernel = restored[8].params["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"]
@@ -182,18 +162,18 @@ def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
     depth = np.where(batch["valid_mask"], batch["depth"], 1.0)
     outputs = {"flow": batch["flow_coords"], "camera_poses": batch["camera_poses"],
                "local_points": np.concatenate([np.zeros(depth.shape + (2,)), 2.0 * depth[..., None]], -1)}
-    result = evaluation.sample_metrics(batch, outputs, labeled)
+    result = held_out.sample_metrics(batch, outputs, labeled)
     assert result["flow_epe_px"] == 0.0 and result["flow_px3"] == 1.0
     np.testing.assert_allclose(result["depth_abs_rel"], 0.0, atol=1e-6)  # scale 2 removed by alignment
     np.testing.assert_allclose(result["rotation_error_deg"], 0.0, atol=1e-3)
-    assert result["rra_30"] == 1.0
+    assert result["RRA@30"] == 100.0
 
     outputs["flow"] = batch["flow_coords"] + np.array([2.0 / (batch["images"].shape[3] - 1), 0.0], np.float32)
-    assert abs(evaluation.sample_metrics(batch, outputs, labeled)["flow_epe_px"] - 1.0) < 1e-4  # 1 px shift
+    assert abs(held_out.sample_metrics(batch, outputs, labeled)["flow_epe_px"] - 1.0) < 1e-4  # 1 px shift
 
 
 def test_scalar_window_means_skips_and_images(cache_dir):
-    window = metrics.ScalarWindow(frames_per_step=16)
+    window = summaries.ScalarWindow(frames_per_step=16)
     for loss, skipped in ((1.0, 0), (3.0, 1)):
         window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)})
     summary = window.summary()
@@ -204,7 +184,7 @@ def test_scalar_window_means_skips_and_images(cache_dir):
     h, w = batch["images"].shape[2:4]
     outputs = {"local_points": np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1),
                "flow": batch["flow_coords"]}
-    images = metrics.prediction_images(batch, outputs)
+    images = summaries.prediction_images(batch, outputs)
     assert images["depth"].shape == images["flow"].shape == (1, h, 3 * w, 3)
     assert images["flow"].dtype == np.uint8
     # Perfect flow: target and prediction panels agree on co-visible pixels.

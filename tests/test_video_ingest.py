@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.pseudo_flow import make_estimator
-from data_pipelines.synthetic import generate_clip
+from flow3r_jax.data.synthetic import generate_clip
 from data_pipelines.video import VideoClipConfig, VideoError, size_multiple_of_14, video_clips, video_records
 from flow3r_jax.data.records import decode_clip, decode_frames, encode_clip
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from flow3r_jax.data import pipeline  # noqa: E402
-from flow3r_jax.data.records import decode_clip, decode_frames  # noqa: E402
-from flow3r_jax.data.shards import ShardRecords  # noqa: E402
+from flow3r_jax.data import pipeline
+from flow3r_jax.data.records import decode_clip, decode_frames
+from flow3r_jax.data.shard_reader import ShardRecords
 
 
 def benchmark_pipeline(args) -> None:
@@ -66,7 +64,7 @@ def benchmark_pseudo_flow(args) -> None:
     """Print a table: estimator, frame gap, flow fields/s, EPE on co-visible pixels and on kept pixels,
     fraction of co-visible pixels the forward-backward mask keeps, fraction of occluded pixels it keeps."""
     from data_pipelines.pseudo_flow import estimator_epe, make_estimator
-    from data_pipelines.synthetic import generate_clip
+    from flow3r_jax.data.synthetic import generate_clip
 
     clips = [generate_clip(seed, args.clip_height, args.clip_width, args.clip_frames, dynamic=seed % 2 == 1)
              for seed in range(args.flow_clips)]

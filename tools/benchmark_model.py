@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-from configs.model_sizes import SIZES, get_model_config  # noqa: E402
-from flow3r_jax.models import build_model  # noqa: E402
+from flow3r_jax.models.sizes import SIZES, get_model_config
+from flow3r_jax.models import build_model
 
 
 def _gib(n):

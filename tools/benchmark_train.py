@@ -12,14 +12,10 @@ step time / peak FLOP/s per device.
   (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8 for an 8-device mesh)
 """
 
-import os
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _FRAMES = flags.DEFINE_integer("frames", None, "Frames per clip (default: config.data.num_frames).")
@@ -38,28 +34,6 @@ flags.mark_flags_as_required(["config"])
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
                "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6": 918.0}
 GIB = 1024 ** 3
-
-
-def abstract_batch(batch: int, frames: int, pairs: int, height: int, width: int, shardings=None) -> dict:
-    """ShapeDtypeStructs of the training batch contract (optionally with shardings)."""
-    import jax
-    import numpy as np
-
-    shapes = {
-        "images": ((batch, frames, height, width, 3), np.float32),
-        "depth": ((batch, frames, height, width), np.float32),
-        "valid_mask": ((batch, frames, height, width), np.bool_),
-        "points": ((batch, frames, height, width, 3), np.float32),
-        "camera_poses": ((batch, frames, 4, 4), np.float32),
-        "intrinsics": ((batch, frames, 3, 3), np.float32),
-        "is_labeled": ((batch,), np.bool_),
-        "normal_ok": ((batch,), np.bool_),
-        "pair_indices": ((batch, pairs, 2), np.int32),
-        "flow_coords": ((batch, pairs, height, width, 2), np.float32),
-        "flow_mask": ((batch, pairs, height, width), np.float32),
-    }
-    return {k: jax.ShapeDtypeStruct(s, d, sharding=None if shardings is None else shardings[k])
-            for k, (s, d) in shapes.items()}
 
 
 def random_batch(spec: dict, seed: int = 0) -> dict:
@@ -108,40 +82,24 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
     import jax
 
     from flow3r_jax import sharding
-    from flow3r_jax.losses import compute_losses
-    from flow3r_jax.models import build_model
-    from flow3r_jax.train import optimizer, state as state_lib, train_step
+    from flow3r_jax.train import setup
 
     config.model.remat_policy = remat
-    mesh = sharding.make_mesh(*mesh_sizes)
-    rules = sharding.rules_from_config(config.sharding.rules)
-
-    def model_fn(rngs):
-        return build_model(config.model, rngs=rngs)
-
-    layout = state_lib.make_layout(
-        model_fn, lambda p: optimizer.make_optimizer(config.optimizer, config.total_steps, p), mesh, rules, config.seed)
-    spec = abstract_batch(batch, frames, config.data.pairs_per_sample, height, width)
-    spec = abstract_batch(batch, frames, config.data.pairs_per_sample, height, width,
-                          train_step.batch_shardings(spec, mesh, rules))
-    step = train_step.make_train_step(
-        layout, lambda out, b: compute_losses(out, b, config.loss),
-        schedule=optimizer.learning_rate_schedule(config.optimizer, config.total_steps),
-        frozen=optimizer.frozen_mask(layout.abstract.params, config.optimizer),
-        accum_steps=config.grad_accum_steps, mesh=mesh, rules=rules, example_batch=spec)
-    with sharding.use_rules(mesh, rules):
-        start = time.perf_counter()
-        lowered = step.lower(layout.abstract, spec)
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        row = {"remat": remat, "compile_s": compile_s, "flops_per_device": _flops(compiled),
-               "args_gib": memory.argument_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
-               "output_gib": memory.output_size_in_bytes / GIB, "alias_gib": memory.alias_size_in_bytes / GIB}
-        row["peak_gib"] = row["args_gib"] + row["temp_gib"] + row["output_gib"] - row["alias_gib"]
-        if run:
-            state = state_lib.init_state(layout, model_fn, config.seed)
-            data = train_step.global_batch(random_batch(spec), mesh, rules)
+    config.global_batch_size = batch
+    program = setup.build_program(config, sharding.make_mesh(*mesh_sizes))
+    spec = program.batch_spec(batch, frames, config.data.pairs_per_sample, height, width)
+    start = time.perf_counter()
+    compiled = program.compile(spec)
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    row = {"remat": remat, "compile_s": compile_s, "flops_per_device": _flops(compiled),
+           "args_gib": memory.argument_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
+           "output_gib": memory.output_size_in_bytes / GIB, "alias_gib": memory.alias_size_in_bytes / GIB}
+    row["peak_gib"] = row["args_gib"] + row["temp_gib"] + row["output_gib"] - row["alias_gib"]
+    if run:
+        state = program.init_state()
+        data = program.global_batch(random_batch(spec))
+        with sharding.use_rules(program.mesh, program.rules):
             for _ in range(2):
                 state, metrics = compiled(state, data)
             jax.block_until_ready(metrics)
@@ -149,10 +107,10 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
             for _ in range(_STEPS.value):
                 state, metrics = compiled(state, data)
             jax.block_until_ready(metrics)
-            row["step_s"] = (time.perf_counter() - start) / _STEPS.value
-            peak = _peak_tflops(jax.devices()[0])
-            if peak:
-                row["mfu"] = row["flops_per_device"] / row["step_s"] / (peak * 1e12)
+        row["step_s"] = (time.perf_counter() - start) / _STEPS.value
+        peak = _peak_tflops(jax.devices()[0])
+        if peak:
+            row["mfu"] = row["flops_per_device"] / row["step_s"] / (peak * 1e12)
     return row
 
 

@@ -10,13 +10,11 @@ import argparse
 import glob
 import logging
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from data_pipelines.beam_pipeline import SyntheticSpec, build_shards_beam  # noqa: E402
-from data_pipelines.shards import input_seed  # noqa: E402
-from data_pipelines.video import VideoClipConfig  # noqa: E402
+from data_pipelines.beam_pipeline import SyntheticSpec, build_shards_beam
+from flow3r_jax.data.shard_writer import input_seed
+from data_pipelines.video import VideoClipConfig
 
 
 def main(argv=None):

@@ -15,7 +15,6 @@ import logging
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -25,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="Orbax checkpoint directory or PyTorch .bin/.pt/.pth/.safetensors")
     parser.add_argument("--benchmarks", required=True, help=f"comma-separated: {','.join(BENCHMARKS)} or 'all'")
     parser.add_argument("--data-root", default="data/eval", help="folder holding one sub-folder per benchmark")
-    parser.add_argument("--model", default="flow3r_large", help="model size from configs/model_sizes.py")
+    parser.add_argument("--model", default="flow3r_large", help="model size from flow3r_jax/models/sizes.py")
     parser.add_argument("--random-init", action="store_true", help="random weights (smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of model init and of frame sampling (Co3Dv2)")
     parser.add_argument("--pixel-limit", type=int, default=255_000, help="max pixels per frame (pi3 rule)")

@@ -14,13 +14,12 @@ import argparse
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from flax import nnx  # noqa: E402
+from flax import nnx
 
-from configs.model_sizes import SIZES, get_model_config  # noqa: E402
-from flow3r_jax.inference.checkpoint import load_model  # noqa: E402
-from flow3r_jax.interop.pytorch import export_pytorch_checkpoint  # noqa: E402
+from flow3r_jax.models.sizes import SIZES, get_model_config
+from flow3r_jax.inference.checkpoint import load_model
+from flow3r_jax.interop.pytorch import export_pytorch_checkpoint
 
 
 def main(argv=None) -> int:

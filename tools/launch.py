@@ -1,26 +1,20 @@
 """Train Flow3r: `python tools/launch.py --config configs/flow3r_tiny.py --workdir /tmp/run`.
 
 Config values are overridden with `--config.<key>=<value>` (e.g. `--config.total_steps=50`); unknown
-keys and values of the wrong type stop the launch with an error naming the key. On several hosts
-(TPU pod slices, SLURM or other multi-process GPU jobs) every process runs this same command;
-`--multihost` calls `jax.distributed.initialize()`, which finds the coordinator from the
-environment (TPU metadata, SLURM variables, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-JAX_PROCESS_ID).
+keys and values of the wrong type stop the launch with an error naming the key. The resolved config is
+written to <workdir>/config.json. On several hosts (TPU pod slices, SLURM or other multi-process GPU
+jobs) every process runs this same command with `--multihost`, which calls
+`jax.distributed.initialize()` before anything else. `--verbosity=1` also shows the INFO lines of the
+libraries underneath (Orbax, Grain, JAX).
 """
-
-import logging
-import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (ml_collections).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs "
-                                "(default: config.workdir).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the config, checkpoints and TensorBoard logs "
+                               "(default: config.workdir).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() before anything else.")
 flags.mark_flags_as_required(["config"])
 
@@ -32,8 +26,11 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from flow3r_jax.train import loop
+    from absl import logging
 
+    from flow3r_jax.train import console, loop
+
+    console.quiet_library_logs(flags.FLAGS.verbosity < 1)
     config = _CONFIG.value
     if _WORKDIR.value:
         config.workdir = _WORKDIR.value

@@ -11,9 +11,8 @@ import argparse
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def parse_pairs(text: str | None) -> np.ndarray | None:
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="folder of images (png/jpg) or a video file")
     parser.add_argument("--checkpoint", help="Orbax checkpoint directory or PyTorch .bin/.pt/.pth/.safetensors")
-    parser.add_argument("--model", default="flow3r_large", help="model size from configs/model_sizes.py")
+    parser.add_argument("--model", default="flow3r_large", help="model size from flow3r_jax/models/sizes.py")
     parser.add_argument("--random-init", action="store_true", help="random weights (smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     parser.add_argument("--pairs", type=parse_pairs, default=None, help="flow pairs, e.g. 0-1,1-2")

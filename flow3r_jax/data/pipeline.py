@@ -24,75 +24,30 @@ RecordError naming "<file>#<index>". With `skip_corrupt` the sample instead uses
 same source (deterministically), logs a warning naming the bad record, and counts it in the
 `CorruptRecordCounter` passed to `make_train_iterator`. Evaluation never skips.
 
-Data config keys (`data_cfg`, a ConfigDict or mapping; defaults in parentheses):
-  sources            list of {path | synthetic, weight (1.0), labeled (True), name}: `path` is a shard
-                     directory (every *.array_record inside) or a glob; `synthetic` is "train" or "eval",
-                     the synthetic split under cache_dir. ([{synthetic: "train"}])
-  eval_sources       the same for `make_eval_dataset`; weights are ignored. ([{synthetic: "eval"}])
-  cache_dir          directory of the synthetic splits built by `ensure_synthetic_dataset`. (required
-                     only with synthetic sources)
-  num_frames         N, frames per sample. (required)
-  pairs_per_sample   S, flow pairs per sample (static; padded with zero-mask pairs). (required)
-  height, width      output size when neither `resolutions` nor `pixel_budget` is set; also the
-                     evaluation size. Multiples of patch_size.
-  resolutions        list of (H, W); each global batch uses one, drawn by (seed, step). (unset)
-  pixel_budget       > 0: derive `resolutions` from H * W ~ pixel_budget, (0)
-  aspect_range       aspect ratios W / H spanned by the derived list, ((0.5, 2.0))
-  num_aspects        number of derived aspect ratios (log-spaced), (5)
-  patch_size         both sides are multiples of it. (14)
-  eval_resolution    (H, W) of evaluation samples. ((height, width), else the first resolution)
-  crop_scale_range   random crop side as a fraction of the largest crop of the batch's aspect. ((0.8, 1.0))
-  augment            photometric augmentation on training samples. (True)
-  brightness, contrast, saturation   jitter amplitudes a: factor 1 + U(-a, a). (0.2, 0.2, 0.2)
-  hue                hue rotation amplitude in half-turns: angle U(-hue, hue) * pi. (0.02)
-  worker_count       Grain worker processes (mp_prefetch); 0 = in the main process. (0)
-  worker_buffer_size batches buffered per worker. (2)
-  read_threads       threads per process building batches (ReadOptions.num_threads). (1)
-  read_buffer_size   batches prefetched per process (ReadOptions.prefetch_buffer_size). (4)
-  skip_corrupt       replace corrupt records by the next record and count them, instead of raising. (False)
-  num_train_clips, num_eval_clips    size of the synthetic splits. (64, 8)
-  synthetic_height, synthetic_width  rendered clip size. ((height, width))
-  synthetic_frames_per_clip, synthetic_pairs_per_clip    (max(4, num_frames), 2 * pairs_per_sample)
-  synthetic_num_shards  (4, at most the number of clips); synthetic_dynamic  moving objects (False);
-  synthetic_seed     (0; the eval split uses synthetic_seed + 1).
+Data config keys (`data_cfg`): documented in configs/common.py, which holds their defaults; sources in
+flow3r_jax/data/sources.py; the synthetic splits in flow3r_jax/data/synthetic_dataset.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
-import uuid
-from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
 from flow3r_jax.data.records import RecordError, open_clip
-from flow3r_jax.data.sampling import (batch_resolution, resolution_list, sample_rng,
-                                      select_frames_and_pairs)
+from flow3r_jax.data.sampling import batch_resolution, resolution_list, sample_rng, select_frames_and_pairs
 from flow3r_jax.data.samples import build_sample
-from flow3r_jax.data.shards import RawRecord, ShardRecords, shard_paths
+from flow3r_jax.data.shard_reader import RawRecord, ShardRecords
+from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.transforms import center_crop, random_color_jitter, random_crop
 
 MAX_CONSECUTIVE_CORRUPT = 16
 SHUFFLE_STREAM = 3
 _SKIPPED_KEY = "skipped_records"
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """One resolved data source: shard files, mixing weight, whether it provides 3D labels."""
-
-    name: str
-    paths: tuple[str, ...]
-    weight: float
-    labeled: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +79,7 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     if global_batch_size % process_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count "
                          f"{process_count}")
-    sources = resolve_sources(data_cfg, _get(data_cfg, "sources", None) or [{"synthetic": "train"}])
+    sources = resolve_sources(data_cfg, data_cfg.sources)
     readers = [ShardRecords(list(s.paths)) for s in sources]
     builder = _SampleBuilder(readers, [s.labeled for s in sources], _sample_spec(data_cfg, train=True),
                              train=True, seed=seed, resolutions=train_resolutions(data_cfg),
@@ -132,21 +87,21 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     mixed = _mixed_records(readers, [s.weight for s in sources], seed)
     host = mixed.map_with_index(builder)[process_index::process_count]
     batches = host.batch(global_batch_size // process_count, drop_remainder=True)
-    stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=_get(data_cfg, "read_threads", 1),
-                                                       prefetch_buffer_size=_get(data_cfg, "read_buffer_size", 4)))
-    worker_count = _get(data_cfg, "worker_count", 0)
+    stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
+                                                       prefetch_buffer_size=data_cfg.read_buffer_size))
+    worker_count = data_cfg.worker_count
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; keep their defaults
             flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=_get(data_cfg, "worker_buffer_size", 2)))
+            num_workers=worker_count, per_worker_buffer_size=data_cfg.worker_buffer_size))
     return iter(stream.map(corrupt_counter or CorruptRecordCounter()))
 
 
 def host_record_stream(data_cfg, *, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
     """(source number, record index) of this host's training samples, in order, without decoding them:
     the record order `make_train_iterator` uses (corrupt-record replacement aside)."""
-    sources = resolve_sources(data_cfg, _get(data_cfg, "sources", None) or [{"synthetic": "train"}])
+    sources = resolve_sources(data_cfg, data_cfg.sources)
     mixed = _mixed_records([ShardRecords(list(s.paths)) for s in sources], [s.weight for s in sources], seed)
     return mixed.map(_record_key)[process_index::process_count]
 
@@ -156,7 +111,7 @@ def make_eval_dataset(data_cfg, *, batch_size: int, process_index: int = 0,
     """Deterministic, finite dataset of this host's evaluation batches (batch contract, no augmentation):
     records of `eval_sources` in stored order, host p taking records p, p + P, ...; centre crop at
     `eval_resolution`, deterministic frames and pairs. The last batch may be smaller than batch_size."""
-    sources = resolve_sources(data_cfg, _get(data_cfg, "eval_sources", None) or [{"synthetic": "eval"}])
+    sources = resolve_sources(data_cfg, data_cfg.eval_sources)
     readers = [ShardRecords(list(s.paths)) for s in sources]
     builder = _SampleBuilder(readers, [s.labeled for s in sources], _sample_spec(data_cfg, train=False),
                              train=False, seed=0, resolutions=[eval_resolution(data_cfg)], global_batch_size=1)
@@ -171,111 +126,37 @@ def make_eval_dataset(data_cfg, *, batch_size: int, process_index: int = 0,
 
 def train_resolutions(data_cfg) -> list[tuple[int, int]]:
     """The (H, W) list training batches draw from (module docstring: resolutions / pixel_budget / height)."""
-    patch = _get(data_cfg, "patch_size", 14)
-    if _get(data_cfg, "resolutions", None):
-        sizes = [tuple(int(v) for v in hw) for hw in _get(data_cfg, "resolutions")]
-    elif _get(data_cfg, "pixel_budget", 0) > 0:
-        sizes = resolution_list(_get(data_cfg, "pixel_budget"), tuple(_get(data_cfg, "aspect_range", (0.5, 2.0))),
-                                _get(data_cfg, "num_aspects", 5), patch)
+    patch = data_cfg.patch_size
+    if data_cfg.resolutions:
+        sizes = [tuple(int(v) for v in hw) for hw in data_cfg.resolutions]
+    elif data_cfg.pixel_budget > 0:
+        sizes = resolution_list(data_cfg.pixel_budget, tuple(data_cfg.aspect_range), data_cfg.num_aspects, patch)
     else:
-        sizes = [(int(_get(data_cfg, "height")), int(_get(data_cfg, "width")))]
+        sizes = [(int(data_cfg.height), int(data_cfg.width))]
     _check_multiples(sizes, patch)
     return sizes
 
 
 def eval_resolution(data_cfg) -> tuple[int, int]:
     """(H, W) of evaluation samples."""
-    if _get(data_cfg, "eval_resolution", None):
-        size = tuple(int(v) for v in _get(data_cfg, "eval_resolution"))
-    elif _get(data_cfg, "height", None):
-        size = (int(_get(data_cfg, "height")), int(_get(data_cfg, "width")))
+    if data_cfg.eval_resolution:
+        size = tuple(int(v) for v in data_cfg.eval_resolution)
+    elif data_cfg.height:
+        size = (int(data_cfg.height), int(data_cfg.width))
     else:
         size = train_resolutions(data_cfg)[0]
-    _check_multiples([size], _get(data_cfg, "patch_size", 14))
+    _check_multiples([size], data_cfg.patch_size)
     return size
-
-
-def resolve_sources(data_cfg, entries) -> list[SourceSpec]:
-    """Source config entries -> SourceSpecs with their shard files (FileNotFoundError if none)."""
-    specs = []
-    for k, entry in enumerate(entries):
-        if _get(entry, "synthetic", None):
-            split = _get(entry, "synthetic")
-            path = synthetic_split_dir(data_cfg, split)
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"synthetic split {split!r} not built at {path}; call "
-                                        f"ensure_synthetic_dataset(data_cfg) first")
-        else:
-            path = _get(entry, "path")
-        specs.append(SourceSpec(name=_get(entry, "name", None) or f"source{k}:{path}",
-                                paths=tuple(shard_paths(path)), weight=float(_get(entry, "weight", 1.0)),
-                                labeled=bool(_get(entry, "labeled", True))))
-    return specs
-
-
-def synthetic_split_dir(data_cfg, split: str) -> str:
-    """cache_dir/<split>-<hash of the synthetic build settings>: a settings change builds a new split."""
-    settings = _synthetic_settings(data_cfg, split)
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    cache_dir = _get(data_cfg, "cache_dir", "")
-    if not cache_dir:
-        raise ValueError("data_cfg.cache_dir must be set to use the synthetic data set")
-    return os.path.join(os.path.expanduser(cache_dir), f"{split}-{digest}")
-
-
-def ensure_synthetic_dataset(data_cfg) -> list[str]:
-    """Build every synthetic split the config's training and evaluation sources use, if not built yet.
-
-    Each split is built into a temporary sibling directory and renamed into place, so an interrupted or
-    concurrent build never leaves a half-written split. Returns the split directories.
-    """
-    from data_pipelines.shards import build_synthetic_shards
-
-    entries = list(_get(data_cfg, "sources", None) or [{"synthetic": "train"}])
-    entries += list(_get(data_cfg, "eval_sources", None) or [{"synthetic": "eval"}])
-    splits = sorted({_get(e, "synthetic") for e in entries if _get(e, "synthetic", None)})
-    out = []
-    for split in splits:
-        final = synthetic_split_dir(data_cfg, split)
-        if not os.path.isdir(final):
-            tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-            try:
-                build_synthetic_shards(tmp, **_synthetic_settings(data_cfg, split))
-                os.rename(tmp, final)
-            except OSError:
-                if not os.path.isdir(final):
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        out.append(final)
-    return out
-
-
-def _synthetic_settings(data_cfg, split: str) -> dict[str, Any]:
-    if split not in ("train", "eval"):
-        raise ValueError(f"synthetic split must be 'train' or 'eval', got {split!r}")
-    num_clips = int(_get(data_cfg, "num_train_clips" if split == "train" else "num_eval_clips",
-                         64 if split == "train" else 8))
-    num_frames, num_pairs = int(_get(data_cfg, "num_frames")), int(_get(data_cfg, "pairs_per_sample"))
-    return {"num_clips": num_clips,
-            "num_shards": min(num_clips, int(_get(data_cfg, "synthetic_num_shards", 4))),
-            "seed": int(_get(data_cfg, "synthetic_seed", 0)) + (split == "eval"),
-            "height": int(_get(data_cfg, "synthetic_height", None) or _get(data_cfg, "height")),
-            "width": int(_get(data_cfg, "synthetic_width", None) or _get(data_cfg, "width")),
-            "frames_per_clip": int(_get(data_cfg, "synthetic_frames_per_clip", None) or max(4, num_frames)),
-            "pairs_per_clip": int(_get(data_cfg, "synthetic_pairs_per_clip", None) or 2 * num_pairs),
-            "dynamic": bool(_get(data_cfg, "synthetic_dynamic", False))}
 
 
 def _sample_spec(data_cfg, train: bool) -> SampleSpec:
     jitter = None
-    if train and _get(data_cfg, "augment", True):
-        jitter = tuple(float(_get(data_cfg, k, d)) for k, d in
-                       (("brightness", 0.2), ("contrast", 0.2), ("saturation", 0.2), ("hue", 0.02)))
-    return SampleSpec(num_frames=int(_get(data_cfg, "num_frames")),
-                      num_pairs=int(_get(data_cfg, "pairs_per_sample")),
-                      crop_scale_range=tuple(float(v) for v in _get(data_cfg, "crop_scale_range", (0.8, 1.0))),
-                      jitter=jitter, skip_corrupt=train and bool(_get(data_cfg, "skip_corrupt", False)))
+    if train and data_cfg.augment:
+        jitter = tuple(float(data_cfg[k]) for k in ("brightness", "contrast", "saturation", "hue"))
+    return SampleSpec(num_frames=int(data_cfg.num_frames),
+                      num_pairs=int(data_cfg.pairs_per_sample),
+                      crop_scale_range=tuple(float(v) for v in data_cfg.crop_scale_range),
+                      jitter=jitter, skip_corrupt=train and bool(data_cfg.skip_corrupt))
 
 
 class _SampleBuilder:
@@ -353,18 +234,3 @@ def _check_multiples(sizes, patch: int) -> None:
     for height, width in sizes:
         if height % patch or width % patch or height <= 0 or width <= 0:
             raise ValueError(f"resolution {height}x{width}: both sides must be positive multiples of {patch}")
-
-
-def _get(cfg, key: str, default=dataclasses.MISSING):
-    """cfg[key] for ConfigDicts, dicts and attribute objects; `default` when absent (error if none)."""
-    if isinstance(cfg, dict):
-        value = cfg.get(key, dataclasses.MISSING)
-    elif hasattr(cfg, "get"):
-        value = cfg.get(key, dataclasses.MISSING)
-    else:
-        value = getattr(cfg, key, dataclasses.MISSING)
-    if value is dataclasses.MISSING:
-        if default is dataclasses.MISSING:
-            raise KeyError(f"data config has no key {key!r}")
-        return default
-    return value

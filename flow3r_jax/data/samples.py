@@ -23,9 +23,30 @@ from flow3r_jax.data.sampling import FrameSelection
 from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 
-SAMPLE_KEYS = ("images", "depth", "valid_mask", "points", "camera_poses", "intrinsics", "is_labeled",
-               "normal_ok", "pair_indices", "flow_coords", "flow_mask")
-_FLOAT_KEYS = ("images", "depth", "points", "camera_poses", "intrinsics", "flow_coords", "flow_mask")
+# The sample contract: key -> (shape in terms of N frames, S pairs, H, W; dtype).
+SAMPLE_CONTRACT = {
+    "images": (("N", "H", "W", 3), np.float32),
+    "depth": (("N", "H", "W"), np.float32),
+    "valid_mask": (("N", "H", "W"), np.bool_),
+    "points": (("N", "H", "W", 3), np.float32),
+    "camera_poses": (("N", 4, 4), np.float32),
+    "intrinsics": (("N", 3, 3), np.float32),
+    "is_labeled": ((), np.bool_),
+    "normal_ok": ((), np.bool_),
+    "pair_indices": (("S", 2), np.int32),
+    "flow_coords": (("S", "H", "W", 2), np.float32),
+    "flow_mask": (("S", "H", "W"), np.float32),
+}
+SAMPLE_KEYS = tuple(SAMPLE_CONTRACT)
+_FLOAT_KEYS = tuple(k for k, (_, dtype) in SAMPLE_CONTRACT.items() if dtype == np.float32)
+
+
+def batch_shapes(batch_size: int, num_frames: int, num_pairs: int, height: int,
+                 width: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of a batch of `batch_size` samples in the sample contract (leading B axis)."""
+    sizes = {"N": num_frames, "S": num_pairs, "H": height, "W": width}
+    return {key: ((batch_size,) + tuple(sizes.get(d, d) for d in shape), np.dtype(dtype))
+            for key, (shape, dtype) in SAMPLE_CONTRACT.items()}
 
 
 def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, jitter: ColorJitter | None,

@@ -26,7 +26,8 @@ from flow3r_jax.evaluation import scoring
 from flow3r_jax.evaluation.benchmarks import Sequence, get_benchmark
 from flow3r_jax.geometry.camera import depth_to_local_points
 from flow3r_jax.geometry.transforms import transform_points
-from flow3r_jax.inference.export import atomic_path, write_json
+from flow3r_jax.files import atomic_write
+from flow3r_jax.inference.export import write_json
 from flow3r_jax.inference.preprocess import DEFAULT_PIXEL_LIMIT, target_size
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,7 @@ def evaluate_benchmarks(benchmarks: Seq[str], data_root: str | pathlib.Path,
         summary[name] = {"kind": benchmark.kind, "num_sequences": len(results),
                          "metrics": mean_metrics([r["metrics"] for r in results])}
     write_json(out_dir / "summary.json", {"settings": dataclasses.asdict(settings), "benchmarks": summary})
-    with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(markdown_tables(summary))
+    atomic_write(out_dir / "results.md", markdown_tables(summary))
     return summary
 
 

@@ -6,8 +6,8 @@ import pathlib
 
 from flax import nnx
 
-from configs.model_sizes import get_model_config
 from flow3r_jax.models import build_model
+from flow3r_jax.models.sizes import get_model_config
 
 PYTORCH_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 
@@ -15,23 +15,13 @@ PYTORCH_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 def restore_orbax_params(directory: pathlib.Path, model: nnx.Module, step: int | None = None) -> int:
     """Loads params and buffers of a training checkpoint (flow3r_jax.train.checkpointing) into `model`.
 
-    Only the "state" item's `params` and `buffers` are read (optimizer state and data iterator are
-    skipped). Returns the restored step. Raises FileNotFoundError when no finalised step exists.
+    Returns the restored step. Raises FileNotFoundError when no finalised step exists.
     """
-    import orbax.checkpoint as ocp
+    from flow3r_jax.train.checkpointing import restore_params
 
-    from flow3r_jax.train.checkpointing import STATE_ITEM
-
-    with ocp.CheckpointManager(directory.resolve(), item_names=(STATE_ITEM,)) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{directory}: no finalised Orbax checkpoint step")
-        _, params, buffers = nnx.split(model, nnx.Param, ...)
-        target = {"params": nnx.to_pure_dict(params), "buffers": nnx.to_pure_dict(buffers)}
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                               restore_args=ocp.checkpoint_utils.construct_restore_args(target))}))
-        restored = restored[STATE_ITEM]
+    _, params, buffers = nnx.split(model, nnx.Param, ...)
+    target = {"params": nnx.to_pure_dict(params), "buffers": nnx.to_pure_dict(buffers)}
+    restored, step = restore_params(str(directory), target, step)
     nnx.replace_by_pure_dict(params, restored["params"])
     nnx.replace_by_pure_dict(buffers, restored["buffers"])
     nnx.update(model, params, buffers)
@@ -39,7 +29,7 @@ def restore_orbax_params(directory: pathlib.Path, model: nnx.Module, step: int |
 
 
 def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = False, seed: int = 0) -> nnx.Module:
-    """Builds `model_name` (configs/model_sizes.py) and loads `checkpoint` into it.
+    """Builds `model_name` (flow3r_jax/models/sizes.py) and loads `checkpoint` into it.
 
     checkpoint: an Orbax checkpoint directory written by training, or a PyTorch state_dict file
     (.bin/.pt/.pth/.safetensors, e.g. the released flow3r.bin). random_init=True skips loading
@@ -62,3 +52,14 @@ def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = F
         raise FileNotFoundError(f"{path}: expected an Orbax checkpoint directory or a PyTorch file "
                                 f"({', '.join(PYTORCH_SUFFIXES)})")
     return model
+
+
+def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int = 0) -> tuple[nnx.Module, object]:
+    """Rebuilds exactly the model a training run recorded in `workdir` (config.json) with the weights of
+    its latest finalised checkpoint (or `step`). Returns (model, model config)."""
+    from flow3r_jax.train.run_config import read_run_config
+
+    cfg = read_run_config(workdir).model
+    model = build_model(cfg, rngs=nnx.Rngs(seed))
+    restore_orbax_params(pathlib.Path(workdir) / "checkpoints", model, step)
+    return model, cfg

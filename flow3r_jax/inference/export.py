@@ -10,15 +10,13 @@ range (max - min) larger than rtol times its own depth (rtol = 0.03).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from flow3r_jax.files import atomic_path, atomic_write
 from flow3r_jax.geometry.maps import depth_edge
 from flow3r_jax.inference.visualize import colorize_confidence, colorize_depth, flow_to_color
 
@@ -27,21 +25,6 @@ DEFAULT_CONF_THRESHOLD = 0.1
 _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1",
               "uint8": "u1", "char": "i1", "int8": "i1", "ushort": "<u2", "uint16": "<u2", "short": "<i2",
               "int16": "<i2", "uint": "<u4", "uint32": "<u4", "int": "<i4", "int32": "<i4"}
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | pathlib.Path):
-    """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield pathlib.Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -146,13 +129,11 @@ def write_glb(path: str | pathlib.Path, points: np.ndarray, colors: np.ndarray, 
         frustum = trimesh.Trimesh(vertices, faces, process=False)
         frustum.visual.face_colors = np.tile([230, 60, 60, 255], (len(faces), 1))
         scene.add_geometry(frustum, geom_name=f"camera_{n:04d}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(scene.export(file_type="glb"))
+    atomic_write(path, scene.export(file_type="glb"))
 
 
 def write_json(path: str | pathlib.Path, payload) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2))
+    atomic_write(path, json.dumps(payload, indent=2))
 
 
 def write_png(path: str | pathlib.Path, array: np.ndarray) -> None:

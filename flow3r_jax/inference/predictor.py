@@ -15,6 +15,7 @@ they are in different chunks, from a two-frame forward pass on (i, j).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -27,40 +28,59 @@ PredictFn = Callable[[np.ndarray, np.ndarray | None], dict]
 
 
 def inference_rules(rules=sharding.DEFAULT_RULES):
-    """`rules` with the batch axis replicated: inference runs one sequence at a time, so devices
-    share the work by holding slices of the parameters (fsdp) and the heads/MLP (tensor)."""
+    """`rules` with the batch axis replicated: for inputs whose batch does not split over the devices
+    (one sequence at a time), devices share the work by holding slices of the parameters (fsdp) and of
+    the heads/MLP (tensor)."""
     return tuple((name, None if name == "batch" else axes) for name, axes in rules)
 
 
-def model_predict_fn(model, mesh=None, rules=None) -> PredictFn:
-    """Wraps an nnx model into a jitted numpy predict function (one compile per input shape).
+def _global_array(x: np.ndarray, mesh, rules) -> jax.Array:
+    """A global array from the full value present on every host, batch axis on the "batch" rule."""
+    target = sharding.batch_sharding(mesh, rules, x.ndim)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
 
-    With several devices the parameters are sharded over a mesh (default: every device on `fsdp`)
-    by the model's logical axis names, so models larger than one device's memory still run.
+
+def make_forward(graphdef, mesh, rules) -> Callable[..., dict]:
+    """forward(params, buffers, images, pair_indices) -> numpy outputs of the model `graphdef` on `mesh`.
+
+    images (B, N, H, W, 3) and pair_indices (B, S, 2) or None are numpy arrays holding the whole batch on
+    every host; the outputs are the same on every host. A batch that splits over the devices of the
+    "batch" rule is sharded over them; any other batch (e.g. B = 1) is replicated and the model runs with
+    `inference_rules`. Compiled once per input shape and layout; bind weights with `functools.partial`.
     """
     from flax import nnx
 
-    graphdef, state = nnx.split(model)
-    if mesh is None and jax.device_count() > 1:
-        mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1)
-    if mesh is not None:
-        rules = inference_rules() if rules is None else rules
-        state = jax.device_put(state, sharding.state_shardings(state, mesh, rules))
+    batch_devices = int(np.prod([mesh.shape[a] for a in sharding.mesh_axes_of(rules, "batch")]))
+    layouts = {True: rules, False: inference_rules(rules)}
 
-    @jax.jit
-    def forward(state, images, pair_indices):
-        return nnx.merge(graphdef, state)(images, pair_indices)
+    def model_outputs(params, buffers, images, pair_indices):
+        return nnx.merge(graphdef, params, buffers)(images, pair_indices)
 
-    def predict(images, pair_indices):
-        pairs = None if pair_indices is None else np.asarray(pair_indices, np.int32)
-        if mesh is None:
-            out = forward(state, np.asarray(images, np.float32), pairs)
-        else:
-            with sharding.use_rules(mesh, rules):
-                out = forward(state, np.asarray(images, np.float32), pairs)
+    compiled = {split: jax.jit(model_outputs, out_shardings=sharding.replicated(mesh)) for split in layouts}
+
+    def forward(params, buffers, images, pair_indices):
+        images = np.asarray(images, np.float32)
+        split = images.shape[0] % batch_devices == 0
+        used = layouts[split]
+        pairs = None if pair_indices is None else _global_array(np.asarray(pair_indices, np.int32), mesh, used)
+        with sharding.use_rules(mesh, used):
+            out = compiled[split](params, buffers, _global_array(images, mesh, used), pairs)
         return {k: np.asarray(v) for k, v in out.items()}
 
-    return predict
+    return forward
+
+
+def model_predict_fn(model, mesh=None, rules=None) -> PredictFn:
+    """A predict function (`make_forward` bound to the weights) for an nnx model: its parameters are placed on `mesh` (default: every device
+    on `fsdp`) by their logical axis names, so models larger than one device's memory still run."""
+    from flax import nnx
+
+    mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1) if mesh is None else mesh
+    rules = sharding.DEFAULT_RULES if rules is None else rules
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
+    buffers = jax.device_put(buffers, sharding.state_shardings(buffers, mesh, rules))
+    return functools.partial(make_forward(graphdef, mesh, rules), params, buffers)
 
 
 def chunk_frames(num_frames: int, chunk_size: int) -> list[np.ndarray]:

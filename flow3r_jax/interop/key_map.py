@@ -109,7 +109,7 @@ def _flow_head():
 
 
 def key_rules(cfg) -> list[KeyRule]:
-    """All parameter rules for a model config (configs/model_sizes.py), in PyTorch state_dict order."""
+    """All parameter rules for a model config (flow3r_jax/models/sizes.py), in PyTorch state_dict order."""
     if cfg.flow_head.type == "tracking":
         raise ValueError("model.flow_head.type 'tracking' has no PyTorch key layout (the released model has "
                          "the factored head); only 'factored', 'projective' and 'none' models convert")

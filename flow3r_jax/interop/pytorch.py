@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
+from flow3r_jax.files import atomic_path
 from flow3r_jax.interop.key_map import BUFFER_KEYS, TRANSFORMS, key_rules
 
 
@@ -47,23 +47,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Writes a state_dict as `.safetensors` (no torch needed) or `.bin`/`.pt` (torch.save), atomically."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+        raise ValueError(f"{path}: unsupported extension {path.suffix!r}; expected .safetensors, .bin, .pt or .pth")
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
-            save_file(arrays, tmp)
-        elif path.suffix in (".bin", ".pt", ".pth"):
+            save_file(arrays, str(tmp))
+        else:
             import torch
             torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
-        else:
-            raise ValueError(f"{path}: unsupported extension {path.suffix!r}; expected .safetensors, .bin, .pt or .pth")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _flat_params(state) -> dict[tuple, object]:

@@ -21,7 +21,7 @@ def compute_losses(outputs: dict, batch: dict, loss_cfg):
 
     outputs: the model output contract (points, local_points, conf, camera_poses, optional flow).
     batch: the training batch contract (valid_mask, points, camera_poses, is_labeled, normal_ok,
-    flow_coords, flow_mask; others unused). loss_cfg: see `default_loss_config`.
+    flow_coords, flow_mask; others unused). loss_cfg: the `loss` section of a training config (configs/common.py).
     Returns (total scalar, terms): unweighted terms point, normal, camera_translation, camera_rotation,
     camera (= alpha * translation + rotation), conf, flow; weighted terms "<name>_weighted" for point,
     normal, camera, conf, flow; point_scale (mean solved scale over finite labelled samples); nonfinite_count.

@@ -35,7 +35,7 @@ FLOW_HEAD_TYPES = ("factored", "tracking", "projective", "none")
 
 
 class Flow3r(nnx.Module):
-    """The Flow3r model (pi3 when cfg.flow_head.type == "none"). `cfg` is a configs.model_sizes config."""
+    """The Flow3r model (pi3 when cfg.flow_head.type == "none"). `cfg` is a model config (flow3r_jax/models/sizes.py)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         if cfg.dtype not in DTYPES:
@@ -124,5 +124,5 @@ class Flow3r(nnx.Module):
 
 
 def build_model(cfg, *, rngs: nnx.Rngs) -> Flow3r:
-    """Constructs Flow3r from a model config (configs/model_sizes.py)."""
+    """Constructs Flow3r from a model config (flow3r_jax/models/sizes.py)."""
     return Flow3r(cfg, rngs=rngs)

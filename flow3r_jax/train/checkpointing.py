@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
 
+from flow3r_jax.files import is_url
+
 STATE_ITEM = "state"
 DATA_ITEM = "data_iter"
 
@@ -40,10 +42,12 @@ def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
         # A killed run can leave a half-written step behind; the resumed run rewrites that step.
         cleanup_tmp_directories=True,
     )
-    path = epath.Path(directory)
-    if "://" not in str(directory):   # local paths absolute; gs:// and other URLs as given
-        path = path.resolve()
-    return ocp.CheckpointManager(path, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+    return ocp.CheckpointManager(_manager_path(directory), options=options, item_names=(STATE_ITEM, DATA_ITEM))
+
+
+def _manager_path(directory: str) -> epath.Path:
+    """Local folders as absolute paths; gs:// and other URLs as given."""
+    return epath.Path(directory) if is_url(directory) else epath.Path(directory).resolve()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, force: bool = False) -> bool:
@@ -70,3 +74,20 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step
         items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE_ITEM]
+
+
+def restore_params(directory: str, target: dict, step: int | None = None) -> tuple[dict, int]:
+    """Reads only `params` and `buffers` of a training checkpoint (no optimizer state, no data position).
+
+    directory: a checkpoints folder written by `make_manager`; target: {"params": ..., "buffers": ...}
+    pure dicts of arrays or ShapeDtypeStructs (their shardings are used). Returns (restored dict, step).
+    Raises FileNotFoundError naming the folder when it holds no finalised step.
+    """
+    with ocp.CheckpointManager(_manager_path(directory), item_names=(STATE_ITEM,)) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no finalised Orbax checkpoint step")
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                               restore_args=ocp.checkpoint_utils.construct_restore_args(target))}))
+    return restored[STATE_ITEM], step

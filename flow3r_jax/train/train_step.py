@@ -18,19 +18,28 @@ import optax
 from jax.sharding import Mesh
 
 from flow3r_jax import sharding
+from flow3r_jax.data.samples import SAMPLE_CONTRACT, batch_shapes
 from flow3r_jax.train.state import StateLayout, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]   # (model outputs, batch) -> (total, terms)
 
 
-def batch_shardings(batch: dict, mesh: Mesh, rules) -> dict:
-    """NamedSharding per batch key: leading (batch) axis on the "batch" rule."""
-    return {k: sharding.batch_sharding(mesh, rules, len(v.shape)) for k, v in batch.items()}
+def contract_shardings(mesh: Mesh, rules) -> dict:
+    """NamedSharding per key of the sample contract: leading (batch) axis on the "batch" rule."""
+    return {key: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for key, (shape, _) in SAMPLE_CONTRACT.items()}
+
+
+def batch_spec(mesh: Mesh, rules, batch_size: int, num_frames: int, num_pairs: int, height: int,
+               width: int) -> dict:
+    """Abstract global batch (ShapeDtypeStructs with their shardings) of the sample contract."""
+    shardings = contract_shardings(mesh, rules)
+    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[key])
+            for key, (shape, dtype) in batch_shapes(batch_size, num_frames, num_pairs, height, width).items()}
 
 
 def global_batch(local_batch: dict, mesh: Mesh, rules) -> dict:
     """Assembles each host's slice of the batch into global arrays (B_global = B_local * hosts)."""
-    shardings = batch_shardings(local_batch, mesh, rules)
+    shardings = {k: sharding.batch_sharding(mesh, rules, np.ndim(v)) for k, v in local_batch.items()}
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
             for k, v in local_batch.items()}
 
@@ -47,13 +56,13 @@ def _micro_batches(batch: dict, steps: int) -> dict:
 
 
 def make_train_step(layout: StateLayout, loss_fn: LossFn, *, schedule: optax.Schedule, frozen,
-                    accum_steps: int, mesh: Mesh, rules, example_batch: dict):
+                    accum_steps: int, mesh: Mesh, rules, batch_shardings: dict):
     """Returns the jitted step(state, global_batch) -> (state, metrics) with the state's shardings.
 
     Trace and call it inside `sharding.use_rules(mesh, rules)` (activation constraints need them).
-
     frozen: pytree of bools over the params (optimizer.frozen_mask); frozen gradients are left out
-    of the reported gradient norm. example_batch: any batch dict with the run's keys and ranks.
+    of the reported gradient norm. batch_shardings: NamedSharding per batch key (for the sample
+    contract: `contract_shardings`).
     """
     def objective(params, buffers, batch):
         outputs = layout.model(params, buffers)(batch["images"], batch["pair_indices"])
@@ -93,16 +102,5 @@ def make_train_step(layout: StateLayout, loss_fn: LossFn, *, schedule: optax.Sch
                    "learning_rate": schedule(state.step), "skipped": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(layout.shardings, batch_shardings(example_batch, mesh, rules)),
+    return jax.jit(step, in_shardings=(layout.shardings, batch_shardings),
                    out_shardings=(layout.shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-
-def make_predict_fn(layout: StateLayout):
-    """predict(params, buffers, images, pair_indices) -> model outputs, jitted.
-
-    Like the train step, call it inside `sharding.use_rules(mesh, rules)`.
-    """
-    def predict(params, buffers, images, pair_indices):
-        return layout.model(params, buffers)(images, pair_indices)
-
-    return jax.jit(predict)

@@ -1,4 +1,4 @@
-"""ArrayRecord clip shards and their manifest.
+"""Writing ArrayRecord clip shards and their manifest.
 
 Layout of a dataset directory::
 
@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 import pathlib
-import uuid
-from typing import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordWriter
 
-from flow3r_jax.data.records import RECORD_VERSION, Clip, RecordError, decode_clip, encode_clip
+from flow3r_jax.data.records import RECORD_VERSION
+from flow3r_jax.files import atomic_path, atomic_write
 
 MANIFEST_NAME = "manifest.json"
 WRITER_OPTIONS = "group_size:1"
@@ -38,13 +36,6 @@ WRITER_OPTIONS = "group_size:1"
 def shard_filename(prefix: str, index: int, num_shards: int) -> str:
     """`<prefix>-NNNNN-of-MMMMM.array_record`."""
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.array_record"
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Write `text` to a temporary sibling of `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: pathlib.Path) -> str:
@@ -62,19 +53,18 @@ def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iter
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / shard_filename(prefix, index, num_shards)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
     sources = []
-    try:
-        for source_id, record in records:
-            writer.write(record)
-            sources.append(source_id)
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+        try:
+            for source_id, record in records:
+                writer.write(record)
+                sources.append(source_id)
+        finally:
+            writer.close()
     entry = {"file": path.name, "num_records": len(sources), "sha256": file_sha256(path),
              "sources": sources, "failures": failures or [], "build": build}
-    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
     return entry
 
 
@@ -98,7 +88,7 @@ def write_manifest(out_dir, prefix: str, entries: list[dict], build: dict) -> di
                 "num_failures": len(failures), "failures": failures,
                 "sources": [s for e in entries for s in e["sources"]],
                 "shards": [{k: e[k] for k in ("file", "num_records", "sha256")} for e in entries]}
-    atomic_write_text(pathlib.Path(out_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    atomic_write(pathlib.Path(out_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -120,7 +110,7 @@ def complete_manifest(out_dir, build: dict) -> dict | None:
     return manifest
 
 
-def shard_paths(out_dir) -> list[pathlib.Path]:
+def manifest_shard_files(out_dir) -> list[pathlib.Path]:
     """Shard files listed in the manifest of `out_dir`, in shard order."""
     manifest = read_manifest(out_dir)
     if manifest is None:
@@ -128,80 +118,6 @@ def shard_paths(out_dir) -> list[pathlib.Path]:
     return [pathlib.Path(out_dir) / s["file"] for s in manifest["shards"]]
 
 
-def read_clips(path) -> Iterator[Clip]:
-    """Decode every record of one shard; RecordError names "<shard file>#<index>"."""
-    path = pathlib.Path(path)
-    try:
-        reader = ArrayRecordReader(str(path))
-    except Exception as err:  # the reader raises a bare RuntimeError/ValueError on a damaged file
-        raise RecordError(f"{path.name}: cannot open shard: {err}") from err
-    try:
-        for index in range(reader.num_records()):
-            try:
-                data = reader.read([index])[0]
-            except Exception as err:
-                raise RecordError(f"{path.name}#{index}: cannot read record: {err}") from err
-            yield decode_clip(data, f"{path.name}#{index}")
-    except BaseException:
-        _close_quietly(reader)
-        raise
-    try:
-        reader.close()
-    except Exception as err:
-        raise RecordError(f"{path.name}: corrupted shard: {err}") from err
-
-
-def _close_quietly(reader) -> None:
-    """Close a reader whose shard already failed; the first error is the one reported."""
-    try:
-        reader.close()
-    except Exception:  # a damaged file may fail again on close; the caller is raising already
-        pass
-
-
-def build_synthetic_shards(out_dir, num_clips: int, num_shards: int, seed: int, height: int, width: int,
-                           frames_per_clip: int, pairs_per_clip: int, dynamic: bool, *,
-                           image_format: str = "jpeg", num_workers: int = 1, prefix: str = "synthetic") -> dict:
-    """Build (or find already built) `num_clips` synthetic clips in `num_shards` shards; returns the manifest.
-
-    Clip k uses seed `input_seed(seed, k)` and goes to shard k mod num_shards, so the result does
-    not depend on `num_workers`. Idempotent: a complete manifest for the same arguments means nothing to
-    do; otherwise only shards without a matching entry are (re)built.
-    """
-    if num_clips < num_shards:
-        raise ValueError(f"num_clips ({num_clips}) must be >= num_shards ({num_shards})")
-    build = {"kind": "synthetic", "num_clips": num_clips, "seed": seed, "height": height, "width": width,
-             "frames_per_clip": frames_per_clip, "pairs_per_clip": pairs_per_clip, "dynamic": dynamic,
-             "image_format": image_format}
-    manifest = complete_manifest(out_dir, build)
-    if manifest is not None:
-        return manifest
-    jobs = [(str(out_dir), prefix, index, num_shards, build) for index in range(num_shards)]
-    if num_workers > 1:
-        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-            entries = pool.starmap(_build_synthetic_shard, jobs)
-    else:
-        entries = [_build_synthetic_shard(*job) for job in jobs]
-    return write_manifest(out_dir, prefix, entries, build)
-
-
 def input_seed(seed: int, index: int) -> int:
     """Seed of input `index` (synthetic clip, video) of a dataset built with `seed`."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def _build_synthetic_shard(out_dir: str, prefix: str, index: int, num_shards: int, build: dict) -> dict:
-    from data_pipelines.synthetic import synthetic_record
-
-    entry = finished_shard(out_dir, prefix, index, num_shards, build)
-    if entry is not None:
-        return entry
-
-    def records():
-        for k in range(index, build["num_clips"], num_shards):
-            clip = synthetic_record(input_seed(build["seed"], k), build["height"], build["width"],
-                                    build["frames_per_clip"], build["pairs_per_clip"], build["dynamic"],
-                                    build["image_format"])
-            yield clip.source_id, encode_clip(clip)
-
-    return write_shard(out_dir, prefix, index, num_shards, records(), build)

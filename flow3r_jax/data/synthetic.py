@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from data_pipelines.pairs import sample_pairs
+from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import FLOW_NDC_LIMIT, Clip, encode_frame
 from flow3r_jax.geometry.ndc import pixel_to_ndc
 

@@ -11,10 +11,14 @@ import bisect
 import glob
 import itertools
 import os
+import pathlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import grain
 from array_record.python import array_record_module
+
+from flow3r_jax.data.records import Clip, RecordError, decode_clip
 
 SHARD_SUFFIX = ".array_record"
 
@@ -28,7 +32,7 @@ class RawRecord(NamedTuple):
     error: str | None
 
 
-def shard_paths(path: str) -> list[str]:
+def find_shards(path: str) -> list[str]:
     """Sorted shard files of `path`: a directory (every *.array_record inside) or a glob pattern."""
     pattern = os.path.join(path, "*" + SHARD_SUFFIX) if os.path.isdir(path) else path
     paths = sorted(glob.glob(os.path.expanduser(pattern)))
@@ -81,3 +85,34 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
 
     def __repr__(self) -> str:
         return f"ShardRecords({len(self._paths)} shards, {self._length} records)"
+
+
+def read_clips(path) -> Iterator[Clip]:
+    """Decode every record of one shard; RecordError names "<shard file>#<index>"."""
+    path = pathlib.Path(path)
+    try:
+        reader = array_record_module.ArrayRecordReader(str(path))
+    except Exception as err:  # the reader raises a bare RuntimeError/ValueError on a damaged file
+        raise RecordError(f"{path.name}: cannot open shard: {err}") from err
+    try:
+        for index in range(reader.num_records()):
+            try:
+                data = reader.read([index])[0]
+            except Exception as err:
+                raise RecordError(f"{path.name}#{index}: cannot read record: {err}") from err
+            yield decode_clip(data, f"{path.name}#{index}")
+    except BaseException:
+        _close_quietly(reader)
+        raise
+    try:
+        reader.close()
+    except Exception as err:
+        raise RecordError(f"{path.name}: corrupted shard: {err}") from err
+
+
+def _close_quietly(reader) -> None:
+    """Close a reader whose shard already failed; the first error is the one reported."""
+    try:
+        reader.close()
+    except Exception:  # a damaged file may fail again on close; the caller is raising already
+        pass
