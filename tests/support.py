@@ -22,10 +22,8 @@ def with_values(cfg: ml_collections.ConfigDict, **overrides) -> ml_collections.C
     return out
 
 
-def tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
-    """configs/flow3r_tiny.py with its synthetic data under `cache_dir` and `overrides` (dotted keys allowed)."""
-    config = flow3r_tiny.get_config()
-    config.data.cache_dir = str(cache_dir)
+def set_values(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Sets {"a.b.c": value} overrides in place (on a locked config too: only existing keys); returns it."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -33,6 +31,13 @@ def tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
             node = node[name]
         node[leaf] = value
     return config
+
+
+def tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
+    """configs/flow3r_tiny.py with its synthetic data under `cache_dir` and `overrides` (dotted keys allowed)."""
+    config = flow3r_tiny.get_config()
+    config.data.cache_dir = str(cache_dir)
+    return set_values(config, overrides)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

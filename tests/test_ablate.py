@@ -10,7 +10,7 @@ from PIL import Image
 
 from configs import ablation
 from flow3r_jax import flow_study
-from support import with_values
+from support import set_values, with_values
 
 TINY = {"total_steps": 2, "optimizer.warmup_steps": 1, "model.encoder.depth": 1, "model.decoder.depth": 2,
         "model.heads.depth": 1, "data.height": 28, "data.width": 42, "data.num_frames": 2, "data.pairs_per_sample": 2,
@@ -20,14 +20,7 @@ TINY = {"total_steps": 2, "optimizer.warmup_steps": 1, "model.encoder.depth": 1,
 
 
 def _tiny_study():
-    config = ablation.get_config("factored")
-    for key, value in TINY.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
+    return set_values(ablation.get_config("factored"), TINY)
 
 
 def test_config_variants_and_errors():

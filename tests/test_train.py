@@ -40,7 +40,6 @@ KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.im
 
 def _launch(cache_root, workdir, *extra):
     env = dict(os.environ,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_DEFAULT_MATMUL_PRECISION="highest",
                JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
