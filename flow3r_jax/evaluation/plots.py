@@ -63,7 +63,7 @@ def plot_benchmark_summary(path: str | pathlib.Path, benchmark: str, columns: tu
 
     results: the per-sequence result dicts of `predict_and_score` ("sequence", "metrics")."""
     names = [r["sequence"].split("/")[-1] for r in results]
-    fig = Figure(figsize=(3.2 * len(columns), 0.9 + 0.28 * max(len(names), 3)))
+    fig = Figure(figsize=(3.2 * len(columns), 1.6 + 0.3 * max(len(names), 3)))
     for k, column in enumerate(columns):
         ax = fig.add_subplot(1, len(columns), k + 1)
         values = np.array([r["metrics"].get(column, np.nan) for r in results], np.float64)

@@ -10,11 +10,17 @@ from flow3r_jax.inference.model_source import ModelSource
 
 
 def check_export(source: ModelSource, out: str | pathlib.Path) -> None:
-    """ValueError / FileNotFoundError naming the bad input: the model source, or an output that is not
-    .safetensors / .bin."""
+    """ValueError / FileNotFoundError naming the bad input: the model source, a model without a PyTorch
+    layout (e.g. the tracking flow head), or an output that is not .safetensors / .bin."""
+    from flow3r_jax.interop.key_map import key_rules
+
     if pathlib.Path(out).suffix not in (".safetensors", ".bin"):
         raise ValueError(f"{out}: expected a .safetensors or .bin output file")
     source.validate()
+    try:
+        key_rules(source.model_config())
+    except ValueError as error:
+        raise ValueError(f"{source.workdir or source.model}: {error}") from error
 
 
 def export_to_pytorch(source: ModelSource, out: str | pathlib.Path) -> None:

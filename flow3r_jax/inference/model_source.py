@@ -65,6 +65,17 @@ class ModelSource:
     def overrides(self) -> dict:
         return {"dtype": self.dtype or default_dtype(), "attention_impl": self.attention_impl}
 
+    def model_config(self):
+        """The model config the source builds (recorded or named, with the overrides); reads no weights."""
+        if self.workdir:
+            from flow3r_jax.train.run_config import read_run_config
+
+            cfg = read_run_config(self.workdir).model
+        else:
+            cfg = get_model_config(self.model)
+        cfg.update(self.overrides())
+        return cfg
+
     def load(self):
         """Validates, builds and loads the model -> (nnx model, its model config)."""
         self.validate()
@@ -72,9 +83,7 @@ class ModelSource:
             return load_model_from_workdir(self.workdir, seed=self.seed, overrides=self.overrides())
         model = load_model(self.model, self.checkpoint, random_init=self.random_init, seed=self.seed,
                            overrides=self.overrides())
-        cfg = get_model_config(self.model)
-        cfg.update(self.overrides())
-        return model, cfg
+        return model, self.model_config()
 
 
 def define_flags() -> None:
