@@ -21,6 +21,8 @@ from PIL import Image
 from flow3r_jax.files import atomic_path, atomic_write
 from flow3r_jax.geometry.camera import intrinsics_from_local_points
 from flow3r_jax.geometry.maps import depth_edge
+from flow3r_jax.geometry.ndc import ndc_coords_to_pixel_flow
+from flow3r_jax.inference import colmap, gltf
 from flow3r_jax.inference.visualize import colorize_confidence, colorize_depth, flow_to_color
 
 log = logging.getLogger(__name__)
@@ -224,9 +226,6 @@ def export_prediction(out_dir: str | pathlib.Path, images: np.ndarray, outputs: 
     non-finite values) still produce every file: the affected frame is reported in the warnings (also
     logged) and left out only where it cannot be drawn (its frustum, its COLMAP image).
     """
-    from flow3r_jax.geometry.ndc import ndc_coords_to_pixel_flow
-    from flow3r_jax.inference import colmap, gltf
-
     out_dir = pathlib.Path(out_dir)
     n, height, width, _ = images.shape
     local_points = np.asarray(outputs["local_points"], np.float64)
