@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from etils import epath
+
 from flow3r_jax.inference.checkpoint import PYTORCH_SUFFIXES, load_model, load_model_from_workdir
 from flow3r_jax.models.sizes import SIZES, get_model_config
 
@@ -46,7 +48,7 @@ class ModelSource:
             if not config_path(self.workdir).exists():
                 raise FileNotFoundError(f"{config_path(self.workdir)}: no recorded config; is {self.workdir} a "
                                         "training work directory?")
-            checkpoints = pathlib.Path(self.workdir) / "checkpoints"
+            checkpoints = epath.Path(self.workdir) / "checkpoints"
             if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
                 raise FileNotFoundError(f"{checkpoints}: no checkpoint steps in the work directory {self.workdir}")
             return
