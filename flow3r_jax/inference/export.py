@@ -245,11 +245,11 @@ def export_prediction(out_dir: str | pathlib.Path, images: np.ndarray, outputs: 
     colors = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
     write_ply(out_dir / "points.ply", points[keep], colors[keep])
     if options.glb:
-        gltf.write_glb(out_dir / "scene.glb", points[keep], colors[keep], poses[posed], intrinsics[posed],
-                       width, height, options.glb_max_points, options.seed)
+        gltf.write_glb(out_dir / "scene.glb", points[keep], colors[keep], poses, intrinsics, width, height,
+                       options.glb_max_points, options.seed)
     if options.colmap:
-        colmap.write_colmap(out_dir / "colmap", colors, poses, intrinsics, points, keep & posed[:, None, None],
-                            posed, options.colmap_max_points, options.seed)
+        colmap.write_colmap(out_dir / "colmap", colors, poses, intrinsics, points, keep, posed,
+                            options.colmap_max_points, options.seed)
     write_cameras_json(out_dir / "cameras.json", poses, intrinsics, width, height)
     metadata = {"num_frames": n, "height": height, "width": width, "num_points": int(keep.sum()),
                 "conf_threshold": options.conf_threshold, "depth_edge_rtol": DEPTH_EDGE_RTOL,

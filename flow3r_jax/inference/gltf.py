@@ -48,8 +48,9 @@ def write_glb(path: str | pathlib.Path, points: np.ndarray, colors: np.ndarray, 
     """Writes the y-up GLB scene; returns the number of points written.
 
     points (P, 3) world points and colors (P, 3) uint8, OpenCV world axes; at most `max_points` of them
-    (a random subset with `seed`). camera_poses (C, 4, 4) camera-to-world and intrinsics (C, 3, 3), all
-    finite: one frustum each (geometry "camera_NNNN"), 2 % of the point cloud's bounding-box diagonal deep.
+    (a random subset with `seed`). camera_poses (N, 4, 4) camera-to-world and intrinsics (N, 3, 3): one
+    frustum per frame whose pose and intrinsics are finite (geometry "camera_NNNN", NNNN the frame index),
+    2 % of the point cloud's bounding-box diagonal deep.
     """
     chosen = budget_indices(len(points), max_points, seed)
     points = np.asarray(points, np.float64).reshape(-1, 3)[chosen]
@@ -61,6 +62,8 @@ def write_glb(path: str | pathlib.Path, points: np.ndarray, colors: np.ndarray, 
         scene.add_geometry(trimesh.PointCloud(points @ flip, colors=rgba), geom_name="points")
     extent = float(np.linalg.norm(points.max(0) - points.min(0))) if len(points) else 1.0
     for n, (pose, k) in enumerate(zip(camera_poses, intrinsics, strict=True)):
+        if not (np.all(np.isfinite(pose)) and np.all(np.isfinite(k))):
+            continue
         vertices, faces = frustum_mesh(np.asarray(pose, np.float64), np.asarray(k, np.float64), width, height,
                                        0.02 * max(extent, 1e-6))
         frustum = trimesh.Trimesh(vertices @ flip, faces, process=False)
