@@ -7,6 +7,12 @@ whichever of k, m makes k / m move towards the original aspect ratio (k when k /
 W / H, else m); the target is (14 max(k, 1), 14 max(m, 1)). Every frame is resized to that size with
 Lanczos resampling (no crop), so the aspect ratio is kept up to the rounding to multiples of 14.
 pixel_limit defaults to 255,000 (pi3's PIXEL_LIMIT).
+
+An input is first opened without decoding (`open_frames`: file list, or the video header's size, rate
+and frame count), so bad input and out-of-range frame indices are reported before any decoding. A
+video is then decoded as a stream: only the kept frames (`video_keep_rule`: sampled at `fps`, then
+every `interval`-th) are converted and resized, one at a time, so memory holds the kept frames at the
+model resolution, never the whole video.
 """
 
 from __future__ import annotations
