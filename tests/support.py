@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 
@@ -49,3 +52,11 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_tool(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python tools/<name>.py args...` from the repository root (the real flag parsing and exit code);
+    stdout and stderr captured as text. The test session's XLA flags and compilation cache are inherited."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -67,6 +67,10 @@ def test_ground_truth_predictions_score_perfectly(data_root, tmp_path):
         assert static[key] == pytest.approx(100.0, abs=1e-9), key
     assert dynamic["F@5"] == pytest.approx(1.0) and static["F@5"] == pytest.approx(1.0)
 
+    for name in ("sintel__alley_2_trajectory", "sintel__cave_2_trajectory", "7scenes__chess__seq-01_trajectory",
+                 "sintel_summary", "7scenes_summary"):
+        picture = np.asarray(Image.open(tmp_path / "plots" / f"{name}.png").convert("L"))
+        assert picture.shape[0] > 150 and picture.std() > 5, name          # a drawn figure, not a blank image
     per_sequence = json.loads((tmp_path / "sequences" / "sintel__alley_2.json").read_text())
     assert per_sequence["resolution"] == [28, 42] and per_sequence["num_frames"] == FRAMES
     table = (tmp_path / "results.md").read_text()

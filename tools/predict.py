@@ -1,66 +1,57 @@
 """Predict geometry, cameras and flow for a folder of images or a video, and export viewable files.
 
-Example:
   python tools/predict.py --input my_frames/ --checkpoint flow3r.bin --pairs 0-1,1-2 --out outputs/demo
-  python tools/predict.py --input clip.mp4 --random-init --model flow3r_tiny --out outputs/smoke
+  python tools/predict.py --input clip.mp4 --workdir workdirs/run --fps 3 --out outputs/clip
+  python tools/predict.py --input clip.mp4 --random_init --model flow3r_tiny --out outputs/smoke
+
+Outputs (flow3r_jax/inference/export.py): points.ply, scene.glb (y-up glTF), colmap/ (COLMAP binary
+model), cameras.json, maps/, flow/, prediction.json (metadata and warnings).
 """
 
-from __future__ import annotations
-
-import argparse
-import pathlib
 import sys
 
+from absl import app, flags
 
-import numpy as np
+from flow3r_jax.inference import model_source
+from flow3r_jax.inference.export import ExportOptions
+from flow3r_jax.inference.pipeline import PredictOptions, check_inputs, parse_pairs, predict_to_files
+from flow3r_jax.inference.preprocess import DEFAULT_PIXEL_LIMIT
+
+model_source.define_flags()
+_INPUT = flags.DEFINE_string("input", None, "Folder of images (png/jpg, sorted by name) or a video file.",
+                             required=True)
+_OUT = flags.DEFINE_string("out", "outputs/predict", "Output folder.")
+_PAIRS = flags.DEFINE_string("pairs", None, "Flow pairs of kept frames, e.g. 0-1,1-2.")
+_FPS = flags.DEFINE_float("fps", 5.0, "Frames kept per second of a video (0: every frame); image folders ignore it.")
+_INTERVAL = flags.DEFINE_integer("interval", 1, "Keep every k-th image / sampled video frame.")
+_PIXEL_LIMIT = flags.DEFINE_integer("pixel_limit", DEFAULT_PIXEL_LIMIT, "Max pixels per frame (pi3 rule).")
+_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 64, "Max frames per forward pass.")
+_OVERLAP = flags.DEFINE_integer("overlap", 8, "Frames shared by consecutive chunks (their Sim(3) alignment).")
+_CONF_THRESHOLD = flags.DEFINE_float("conf_threshold", 0.1, "sigmoid(conf) above which a pixel is a point.")
+_GLB = flags.DEFINE_bool("glb", True, "Write scene.glb (points and camera frustums, y up).")
+_GLB_MAX_POINTS = flags.DEFINE_integer("glb_max_points", 1_000_000, "Point budget of scene.glb.")
+_COLMAP = flags.DEFINE_bool("colmap", True, "Write a COLMAP binary model under colmap/.")
+_COLMAP_MAX_POINTS = flags.DEFINE_integer("colmap_max_points", 200_000, "Point budget of the COLMAP model.")
 
 
-def parse_pairs(text: str | None) -> np.ndarray | None:
-    """'0-1,1-2' -> [[0, 1], [1, 2]] (int32); None or '' -> None."""
-    if not text:
-        return None
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    source = model_source.from_flags()
+    export = ExportOptions(conf_threshold=_CONF_THRESHOLD.value, glb=_GLB.value, glb_max_points=_GLB_MAX_POINTS.value,
+                           colmap=_COLMAP.value, colmap_max_points=_COLMAP_MAX_POINTS.value,
+                           seed=flags.FLAGS.seed)
     try:
-        pairs = [tuple(int(v) for v in item.split("-")) for item in text.split(",")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--pairs {text!r}: expected 'i-j,k-l' with frame indices") from error
-    if any(len(p) != 2 for p in pairs):
-        raise argparse.ArgumentTypeError(f"--pairs {text!r}: every pair must be 'i-j'")
-    return np.array(pairs, np.int32)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="folder of images (png/jpg) or a video file")
-    parser.add_argument("--checkpoint", help="Orbax checkpoint directory or PyTorch .bin/.pt/.pth/.safetensors")
-    parser.add_argument("--model", default="flow3r_large", help="model size from flow3r_jax/models/sizes.py")
-    parser.add_argument("--random-init", action="store_true", help="random weights (smoke test)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    parser.add_argument("--pairs", type=parse_pairs, default=None, help="flow pairs, e.g. 0-1,1-2")
-    parser.add_argument("--out", default="outputs/predict", help="output folder")
-    parser.add_argument("--interval", type=int, default=1, help="use every k-th image / video frame")
-    parser.add_argument("--pixel-limit", type=int, default=255_000, help="max pixels per frame (pi3 rule)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="max frames per forward pass")
-    parser.add_argument("--conf-threshold", type=float, default=0.1, help="sigmoid(conf) threshold for points")
-    parser.add_argument("--no-glb", action="store_true", help="skip the GLB scene (needs trimesh)")
-    args = parser.parse_args(argv)
-
-    from flow3r_jax.inference.checkpoint import load_model
-    from flow3r_jax.inference.export import export_prediction, keep_mask
-    from flow3r_jax.geometry.camera import intrinsics_from_local_points
-    from flow3r_jax.inference.predictor import model_predict_fn, predict_sequence
-    from flow3r_jax.inference.preprocess import load_images
-
-    images = load_images(args.input, pixel_limit=args.pixel_limit, interval=args.interval)[0]
-    print(f"{args.input}: {images.shape[0]} frames at {images.shape[2]}x{images.shape[1]}")
-    model = load_model(args.model, args.checkpoint, random_init=args.random_init, seed=args.seed)
-    outputs = predict_sequence(model_predict_fn(model), images, args.pairs, chunk_size=args.chunk_size)
-    valid = keep_mask(outputs["conf"][..., 0], outputs["local_points"][..., 2], args.conf_threshold)
-    intrinsics = intrinsics_from_local_points(outputs["local_points"], valid)
-    metadata = export_prediction(args.out, images, outputs, intrinsics, args.pairs, args.conf_threshold,
-                                 write_glb_file=not args.no_glb)
-    print(f"wrote {metadata['num_points']} points, {images.shape[0]} cameras and maps to {args.out}")
-    return 0
+        options = PredictOptions(input=_INPUT.value, out=_OUT.value, pairs=parse_pairs(_PAIRS.value),
+                                 interval=_INTERVAL.value, fps=_FPS.value or None, pixel_limit=_PIXEL_LIMIT.value,
+                                 chunk_size=_CHUNK_SIZE.value, overlap=_OVERLAP.value, export=export)
+        frames = check_inputs(source, options)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"predict: {error}")
+    metadata = predict_to_files(source, options, frames)
+    print(f"wrote {metadata['num_points']} points and {metadata['num_frames']} cameras to {options.out}"
+          + (f" ({len(metadata['warnings'])} warnings, listed in prediction.json)" if metadata["warnings"] else ""))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

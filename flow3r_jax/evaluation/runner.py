@@ -16,18 +16,21 @@ import dataclasses
 import logging
 import pathlib
 import time
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from flow3r_jax.evaluation import scoring
+from flow3r_jax.evaluation import plots, scoring
 from flow3r_jax.evaluation.benchmarks import Sequence, get_benchmark
+from flow3r_jax.files import atomic_write
 from flow3r_jax.geometry.camera import depth_to_local_points
 from flow3r_jax.geometry.transforms import transform_points
-from flow3r_jax.files import atomic_write
 from flow3r_jax.inference.export import write_json
+from flow3r_jax.inference.model_source import ModelSource
+from flow3r_jax.inference.predictor import predict_sequence
 from flow3r_jax.inference.preprocess import DEFAULT_PIXEL_LIMIT, target_size
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,14 @@ TABLE_COLUMNS = {
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
+    """pixel_limit: the resize budget; chunk_size / overlap: frames per forward pass and frames shared by
+    consecutive chunks of a long sequence (flow3r_jax.inference.predictor); plots: write the pictures."""
+
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
     settings: scoring.ScoringSettings = scoring.ScoringSettings()
+    chunk_size: int = 64
+    overlap: int = 8
+    plots: bool = True
 
 
 def resize_sequence(seq: Sequence, pixel_limit: int) -> Sequence:
@@ -99,10 +108,13 @@ def oracle_predict_fn(seq: Sequence) -> PredictFn:
     return predict
 
 
-def evaluate_sequence(seq: Sequence, kind: str, predict_fn: PredictFn, settings: EvalSettings) -> dict:
-    """Predicts and scores one (already resized) sequence -> a JSON-ready dict of metrics and metadata."""
+def predict_and_score(seq: Sequence, kind: str, predict_fn: PredictFn,
+                      settings: EvalSettings) -> tuple[dict, dict[str, np.ndarray]]:
+    """Predicts (chunked like predict) and scores one (already resized) sequence -> (a JSON-ready dict of
+    metrics and metadata, the merged outputs)."""
     start = time.perf_counter()
-    out = {k: np.asarray(v)[0] for k, v in predict_fn(seq.images[None], None).items()}
+    out = predict_sequence(predict_fn, seq.images, chunk_size=settings.chunk_size, overlap=settings.overlap,
+                           show_progress=False)
     seconds = time.perf_counter() - start
     metrics = scoring.camera_metrics(kind, out["camera_poses"].astype(np.float64), seq.camera_poses,
                                      settings.settings)
@@ -112,17 +124,18 @@ def evaluate_sequence(seq: Sequence, kind: str, predict_fn: PredictFn, settings:
                                              settings.settings))
     return {"sequence": seq.name, "kind": kind, "num_frames": seq.num_frames,
             "resolution": list(seq.images.shape[1:3]), "frame_ids": [str(f) for f in seq.frame_ids],
-            "predict_seconds": seconds, "metrics": metrics}
+            "predict_seconds": seconds, "metrics": metrics}, out
 
 
-def _sequence_file(out_dir: pathlib.Path, name: str) -> pathlib.Path:
-    return out_dir / "sequences" / (name.replace("/", "__") + ".json")
+def _file_stem(name: str) -> str:
+    return name.replace("/", "__")
 
 
 def evaluate_benchmarks(benchmarks: Seq[str], data_root: str | pathlib.Path,
                         predict_fn_for: Callable[[Sequence], PredictFn], out_dir: str | pathlib.Path,
                         settings: EvalSettings = EvalSettings(), loader_options: dict | None = None) -> dict:
-    """Evaluates each benchmark; writes sequences/<name>.json, summary.json and results.md into out_dir.
+    """Evaluates each benchmark; writes into out_dir sequences/<name>.json, summary.json, results.md and,
+    with settings.plots, plots/<name>_trajectory.png per sequence and plots/<benchmark>_summary.png.
 
     predict_fn_for(sequence) returns the predict function to use for that (resized) sequence: the
     same model function for every sequence, or a per-sequence oracle. Returns the summary: per benchmark the
@@ -136,15 +149,44 @@ def evaluate_benchmarks(benchmarks: Seq[str], data_root: str | pathlib.Path,
         results = []
         for seq in benchmark.sequences(data_root, **loader_options.get(name, {})):
             seq = resize_sequence(seq, settings.pixel_limit)
-            result = evaluate_sequence(seq, benchmark.kind, predict_fn_for(seq), settings)
-            write_json(_sequence_file(out_dir, seq.name), result)
+            result, out = predict_and_score(seq, benchmark.kind, predict_fn_for(seq), settings)
+            write_json(out_dir / "sequences" / f"{_file_stem(seq.name)}.json", result)
+            if settings.plots:
+                plots.plot_trajectory(out_dir / "plots" / f"{_file_stem(seq.name)}_trajectory.png",
+                                      out["camera_poses"], seq.camera_poses, seq.name)
             log.info("%s: %s", seq.name, result["metrics"])
             results.append(result)
         summary[name] = {"kind": benchmark.kind, "num_sequences": len(results),
                          "metrics": mean_metrics([r["metrics"] for r in results])}
+        if settings.plots and results:
+            plots.plot_benchmark_summary(out_dir / "plots" / f"{name}_summary.png", name,
+                                         TABLE_COLUMNS[benchmark.kind], results)
     write_json(out_dir / "summary.json", {"settings": dataclasses.asdict(settings), "benchmarks": summary})
     atomic_write(out_dir / "results.md", markdown_tables(summary))
     return summary
+
+
+def check_benchmarks(benchmarks: Seq[str], data_root: str | pathlib.Path) -> None:
+    """ValueError / FileNotFoundError naming the benchmark or folder when one is unknown or absent."""
+    for name in benchmarks:
+        folder = pathlib.Path(data_root) / get_benchmark(name).folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"benchmark {name}: no folder {folder} (see the layout in "
+                                    "flow3r_jax/evaluation/benchmarks/)")
+
+
+def evaluate_model(source: ModelSource, benchmarks: Seq[str], data_root: str | pathlib.Path,
+                   out_dir: str | pathlib.Path, settings: EvalSettings = EvalSettings(), seed: int = 0) -> dict:
+    """Checks the benchmarks and the model source, loads the model and evaluates it (see
+    `evaluate_benchmarks`; `seed` drives the frame sampling of Co3Dv2). Returns the summary."""
+    from flow3r_jax.inference.predictor import model_predict_fn
+
+    check_benchmarks(benchmarks, data_root)
+    source.validate()
+    model, _ = source.load()
+    predict_fn = model_predict_fn(model)
+    return evaluate_benchmarks(benchmarks, data_root, lambda seq: predict_fn, out_dir, settings,
+                               loader_options={"co3dv2": {"seed": seed}})
 
 
 def mean_metrics(per_sequence: list[dict]) -> dict:

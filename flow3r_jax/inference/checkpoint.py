@@ -28,14 +28,17 @@ def restore_orbax_params(directory: pathlib.Path, model: nnx.Module, step: int |
     return step
 
 
-def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = False, seed: int = 0) -> nnx.Module:
+def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = False, seed: int = 0,
+               overrides: dict | None = None) -> nnx.Module:
     """Builds `model_name` (flow3r_jax/models/sizes.py) and loads `checkpoint` into it.
 
     checkpoint: an Orbax checkpoint directory written by training, or a PyTorch state_dict file
     (.bin/.pt/.pth/.safetensors, e.g. the released flow3r.bin). random_init=True skips loading
-    (smoke tests); otherwise a checkpoint is required.
+    (smoke tests); otherwise a checkpoint is required. overrides: model config fields set before
+    building (e.g. {"dtype": "bfloat16", "attention_impl": "xla"}).
     """
     cfg = get_model_config(model_name)
+    cfg.update(overrides or {})
     model = build_model(cfg, rngs=nnx.Rngs(seed))
     if random_init:
         return model
@@ -54,12 +57,15 @@ def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = F
     return model
 
 
-def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int = 0) -> tuple[nnx.Module, object]:
+def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int = 0,
+                            overrides: dict | None = None) -> tuple[nnx.Module, object]:
     """Rebuilds exactly the model a training run recorded in `workdir` (config.json) with the weights of
-    its latest finalised checkpoint (or `step`). Returns (model, model config)."""
+    its latest finalised checkpoint (or `step`). overrides: model config fields set before building (only
+    the ones that change how the model computes: dtype, attention_impl). Returns (model, model config)."""
     from flow3r_jax.train.run_config import read_run_config
 
     cfg = read_run_config(workdir).model
+    cfg.update(overrides or {})
     model = build_model(cfg, rngs=nnx.Rngs(seed))
     restore_orbax_params(pathlib.Path(workdir) / "checkpoints", model, step)
     return model, cfg
