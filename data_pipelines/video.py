@@ -13,14 +13,14 @@ short for one clip, raises VideoError naming the file.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import av
 import cv2
 import numpy as np
 
-from flow3r_jax.data.pairs import sample_pairs
 from data_pipelines.pseudo_flow import FlowEstimator, pseudo_flow_targets
+from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import Clip, encode_frame
 
 PATCH = 14
@@ -38,6 +38,7 @@ class VideoClipConfig:
     target_pixels: int = 224 * 224
     pairs_per_clip: int = 8
     max_gap: int | None = 2
+    flow_mode: str = "composed"
     image_format: str = "jpeg"
     jpeg_quality: int = 95
 
@@ -69,7 +70,7 @@ def video_records(path, config: VideoClipConfig, estimator: FlowEstimator, seed:
     """Unlabeled record Clips of one video with pseudo-flow targets; clip k draws pairs from (seed, k)."""
     for index, (frames, timestamps) in enumerate(video_clips(path, config)):
         pairs = sample_pairs(len(frames), config.pairs_per_clip, seed=(seed, index), max_gap=config.max_gap)
-        coords, masks = pseudo_flow_targets(frames, pairs, estimator)
+        coords, masks = pseudo_flow_targets(frames, pairs, estimator, config.flow_mode)
         yield Clip(source_id=f"{path}#{index}", timestamps=timestamps,
                    frames=[encode_frame(f, config.image_format, config.jpeg_quality) for f in frames],
                    height=frames.shape[1], width=frames.shape[2], depth=None, intrinsics=None,
