@@ -199,24 +199,31 @@ def pseudo_flow_targets(frames: np.ndarray, pairs, estimator: FlowEstimator, mod
 
 
 def estimator_epe(estimator: FlowEstimator, clips, pairs, mode: str = "composed") -> dict:
-    """Accuracy of the stored pseudo-flow (`pseudo_flows`) against the exact flow of synthetic clips.
+    """Accuracy of the stored pseudo-flow (`pseudo_flows`) of `estimator` on synthetic clips
+    (flow3r_jax.data.synthetic.SyntheticClip objects) for the (i, j) `pairs` of every clip; see `flow_accuracy`."""
+    exact = [[clip.flow(i, j) for i, j in pairs] for clip in clips]
+    return flow_accuracy(exact, [pseudo_flows(clip.images, pairs, estimator, mode) for clip in clips])
 
-    `clips`: flow3r_jax.data.synthetic.SyntheticClip objects; `pairs`: (i, j) pairs evaluated in every clip.
-    Returns epe (pixels, mean over ground-truth co-visible pixels), epe_kept (over those also kept by the
-    mask), kept_fraction (of GT co-visible pixels the mask keeps) and occluded_kept (fraction of GT
-    non-co-visible pixels the mask wrongly keeps).
-    """
-    errors, kept_errors, kept, occluded_kept, num_covisible, num_occluded = [], [], 0, 0, 0, 0
-    for clip in clips:
-        flows, masks = pseudo_flows(clip.images, pairs, estimator, mode)
-        for (i, j), flow, mask in zip(pairs, flows, masks, strict=True):
-            gt_coords, covisible = clip.flow(i, j)
-            error = np.linalg.norm(flow - (gt_coords - pixel_grid(*gt_coords.shape[:2], np)), axis=-1)
+
+def flow_accuracy(exact, estimated) -> dict:
+    """Pseudo-flow against exact flow. exact: per clip, per pair (coords (H, W, 2) target pixels, covisible
+    (H, W) bool) as SyntheticClip.flow gives; estimated: per clip (flows (P, H, W, 2), masks (P, H, W)) as
+    `pseudo_flows` gives. Returns epe (pixels, mean over ground-truth co-visible pixels), epe_kept (over
+    those also kept by the mask), kept_fraction (of GT co-visible pixels the mask keeps), occluded_kept
+    (fraction of GT non-co-visible pixels the mask wrongly keeps) and motion (mean exact displacement in
+    pixels of co-visible pixels)."""
+    errors, kept_errors, motion, kept, occluded_kept, num_covisible, num_occluded = [], [], [], 0, 0, 0, 0
+    for clip_exact, (flows, masks) in zip(exact, estimated, strict=True):
+        for (coords, covisible), flow, mask in zip(clip_exact, flows, masks, strict=True):
+            exact_flow = coords - pixel_grid(*coords.shape[:2], np)
+            error = np.linalg.norm(flow - exact_flow, axis=-1)
             errors.append(error[covisible])
             kept_errors.append(error[covisible & mask])
+            motion.append(np.linalg.norm(exact_flow, axis=-1)[covisible])
             kept += int(np.sum(covisible & mask))
             occluded_kept += int(np.sum(~covisible & mask))
             num_covisible += int(covisible.sum())
             num_occluded += int((~covisible).sum())
     return {"epe": float(np.concatenate(errors).mean()), "epe_kept": float(np.concatenate(kept_errors).mean()),
-            "kept_fraction": kept / max(num_covisible, 1), "occluded_kept": occluded_kept / max(num_occluded, 1)}
+            "kept_fraction": kept / max(num_covisible, 1), "occluded_kept": occluded_kept / max(num_occluded, 1),
+            "motion": float(np.concatenate(motion).mean())}
