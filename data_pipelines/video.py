@@ -13,6 +13,8 @@ short for one clip, raises VideoError naming the file.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import pathlib
 from collections.abc import Iterator
 
 import av
@@ -48,6 +50,14 @@ def size_multiple_of_14(height: int, width: int, target_pixels: int) -> tuple[in
     scale = np.sqrt(target_pixels / (height * width))
     return (max(PATCH, int(round(height * scale / PATCH)) * PATCH),
             max(PATCH, int(round(width * scale / PATCH)) * PATCH))
+
+
+def video_paths(patterns=(), list_file: str | None = None) -> list[str]:
+    """Video paths from a text file (one path per line) or else glob `patterns` (** recursive), sorted; a
+    pattern that matches nothing is kept as given, so the job reports it as a failed input."""
+    if list_file:
+        return [line.strip() for line in pathlib.Path(list_file).read_text().splitlines() if line.strip()]
+    return sorted(p for pattern in patterns for p in (glob.glob(pattern, recursive=True) or [pattern]))
 
 
 def video_clips(path, config: VideoClipConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -5,6 +5,8 @@ shared state) and with a RAFT estimator built once per worker."""
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,6 +74,20 @@ def test_beam_job_on_synthetic_seeds(tmp_path):
     depth = generate_clip(6, 28, 42, 3, dynamic=True).depth
     match = [c for c in clips.values() if "seed=6:" in c.source_id][0]
     np.testing.assert_allclose(match.depth, depth, rtol=2.0 ** -11)
+
+
+def test_build_shards_tool_passes_unknown_flags_to_beam(tmp_path):
+    tool = [sys.executable, "tools/build_shards.py", "--out", str(tmp_path), "--num_shards", "2"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    done = subprocess.run(tool + ["--synthetic", "2", "--height", "28", "--width", "42", "--clip_length", "3",
+                                  "--pairs_per_clip", "2", "--direct_num_workers=1"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 clips in 2 shards, 0 failed inputs" in done.stdout
+    assert json.loads((tmp_path / "manifest.json").read_text())["total_records"] == 2
+    missing = subprocess.run(tool, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "give exactly one of --videos, --video_list, --synthetic" in missing.stderr
 
 
 def job_counters(caplog, out) -> dict:
