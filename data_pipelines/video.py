@@ -39,7 +39,7 @@ class VideoClipConfig:
     clip_stride: int = 8
     target_pixels: int = 224 * 224
     pairs_per_clip: int = 8
-    max_gap: int | None = 2
+    max_gap: int | None = 8
     flow_mode: str = "composed"
     image_format: str = "jpeg"
     jpeg_quality: int = 95
