@@ -5,8 +5,11 @@ next sampling time, so a video slower than target_fps keeps every frame); a clip
 consecutive kept frames; consecutive clips start `clip_stride` kept frames apart (stride == length:
 back-to-back clips, smaller: overlapping clips); the tail shorter than a clip is not used. Frames are
 resized (area interpolation) to the aspect-preserving size of about `target_pixels` pixels with each side
-rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow flow3r_jax/data/pairs.py and their
-targets come from data_pipelines/pseudo_flow.py. A file that cannot be opened or decoded, or that is too
+rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow flow3r_jax/data/pairs.py with frame
+gaps up to `max_gap`, and their targets come from data_pipelines/pseudo_flow.py in `flow_mode`. Defaults
+from tools/benchmark_pseudo_flow.py: DIS flows composed along the clip keep about 4 px end-point error on
+the pixels they keep up to gap 8 (0.8 s at 10 fps), where direct DIS is already past 10 px at gap 4; with
+"direct" keep max_gap <= 2. A file that cannot be opened or decoded, or that is too
 short for one clip, raises VideoError naming the file.
 """
 

@@ -3,20 +3,22 @@
   python tools/benchmark_pseudo_flow.py                       # 4 clips of 9 frames at 392x518, gaps 1,2,4,8
   python tools/benchmark_pseudo_flow.py --raft_checkpoint raft_large_C_T_SKHT_V2-ff5fadd5.pth --raft_variant large
 
-Rows: DIS direct (each pair estimated directly, forward-backward mask), DIS composed (adjacent-frame flows
-chained along the clip, chain mask; data_pipelines/flow_chain.py) and RAFT composed. Without
---raft_checkpoint RAFT runs with random weights, for speed only (its accuracy columns are left empty).
+Rows: DIS direct (each pair estimated directly, forward-backward mask) and DIS composed (adjacent-frame
+flows chained along the clip, chain mask; data_pipelines/flow_chain.py); with --raft_checkpoint, RAFT
+direct and composed as well. Without a checkpoint RAFT runs with random weights, for speed only: the
+header line gives its flow fields/s on --raft_clips clips, and it gets no accuracy rows.
 For each gap g the workload is every pair (i, i+g) and (i+g, i) of every clip. Columns: mean exact
 displacement, EPE over kept co-visible pixels and over all co-visible pixels, fraction of co-visible pixels
-kept, fraction of non-co-visible pixels wrongly kept, and stored pair targets (flow + mask) per second,
-estimation included (one process; DIS uses OpenCV's threads, RAFT torch's device).
+kept, fraction of non-co-visible pixels wrongly kept, and stored pair targets (flow + mask) per second for
+that workload, estimation included (one process; DIS uses OpenCV's threads, RAFT torch's device). The
+header gives each estimator's raw speed in flow fields per second.
 """
 
 import time
 
 from absl import app, flags
 
-from data_pipelines.pseudo_flow import flow_accuracy, make_estimator, pseudo_flows
+from data_pipelines.pseudo_flow import estimate_flows, flow_accuracy, make_estimator, pseudo_flows
 from flow3r_jax.data.synthetic import generate_clip
 
 _HEIGHT = flags.DEFINE_integer("height", 392, "Clip height (pixels).")
@@ -26,7 +28,7 @@ _CLIPS = flags.DEFINE_integer("clips", 4, "Synthetic clips (odd seeds dynamic)."
 _GAPS = flags.DEFINE_list("gaps", ["1", "2", "4", "8"], "Frame gaps.")
 _RAFT_VARIANT = flags.DEFINE_enum("raft_variant", "small", ["small", "large"], "torchvision RAFT model.")
 _RAFT_CHECKPOINT = flags.DEFINE_string("raft_checkpoint", None, "Local RAFT state dict; none: random weights.")
-_RAFT_CLIPS = flags.DEFINE_integer("raft_clips", 1, "Clips timed for random-weight RAFT.")
+_RAFT_CLIPS = flags.DEFINE_integer("raft_clips", 1, "Clips of the RAFT speed line.")
 _RAFT_UPDATES = flags.DEFINE_integer("raft_updates", 12, "RAFT recurrent flow updates.")
 _DEVICE = flags.DEFINE_string("device", "auto", "RAFT device: auto, cpu, cuda.")
 
@@ -43,12 +45,20 @@ def main(argv):
         raft_kwargs["random_weights"] = True
     raft = make_estimator(f"raft_{_RAFT_VARIANT.value}", **raft_kwargs)
     raft_name = f"raft_{_RAFT_VARIANT.value}" + ("" if _RAFT_CHECKPOINT.value else " (random weights)")
-    raft_clips = clips if _RAFT_CHECKPOINT.value else clips[:_RAFT_CLIPS.value]
-    rows = [("dis direct", make_estimator("dis"), "direct", clips, True),
-            ("dis composed", make_estimator("dis"), "composed", clips, True),
-            (f"{raft_name} composed", raft, "composed", raft_clips, bool(_RAFT_CHECKPOINT.value))]
+    dis = make_estimator("dis")
+    rows = [("dis direct", dis, "direct"), ("dis composed", dis, "composed")]
+    if _RAFT_CHECKPOINT.value:
+        rows += [(f"{raft_name} direct", raft, "direct"), (f"{raft_name} composed", raft, "composed")]
     print(f"{_CLIPS.value} synthetic clips of {_FRAMES.value} frames at {_HEIGHT.value}x{_WIDTH.value} "
-          f"(odd seeds dynamic); RAFT on {raft.device}, {_RAFT_UPDATES.value} updates, {len(raft_clips)} clip(s)\n")
+          f"(odd seeds dynamic); RAFT on {raft.device}, {_RAFT_UPDATES.value} updates")
+    links = [p for k in range(_FRAMES.value - 1) for p in ((k, k + 1), (k + 1, k))]
+    for name, estimator, timed_clips in [("dis", dis, clips), (raft_name, raft, clips[:_RAFT_CLIPS.value])]:
+        start = time.perf_counter()
+        for clip in timed_clips:
+            estimate_flows(estimator, clip.images, links)
+        print(f"{name}: {len(timed_clips) * len(links) / (time.perf_counter() - start):.3g} flow fields/s "
+              f"(adjacent frames of {len(timed_clips)} clip(s), both directions)")
+    print()
     print("| estimator | gap | motion (px) | EPE kept (px) | EPE all (px) | kept | occluded kept | targets/s |")
     print("|---|---|---|---|---|---|---|---|")
     for gap in [int(g) for g in _GAPS.value]:
@@ -56,17 +66,13 @@ def main(argv):
         if not pairs:
             raise app.UsageError(f"gap {gap} needs clips of more than {gap} frames (--frames)")
         exact = [[clip.flow(i, j) for i, j in pairs] for clip in clips]
-        for name, estimator, mode, row_clips, accurate in rows:
+        for name, estimator, mode in rows:
             start = time.perf_counter()
-            estimated = [pseudo_flows(clip.images, pairs, estimator, mode) for clip in row_clips]
-            targets_per_s = len(row_clips) * len(pairs) / (time.perf_counter() - start)
-            if accurate:
-                stats = flow_accuracy(exact, estimated)
-                figures = (f"{stats['motion']:.1f} | {stats['epe_kept']:.2f} | {stats['epe']:.2f} | "
-                           f"{stats['kept_fraction']:.2f} | {stats['occluded_kept']:.2f}")
-            else:
-                figures = "- | - | - | - | -"
-            print(f"| {name} | {gap} | {figures} | {targets_per_s:.1f} |", flush=True)
+            estimated = [pseudo_flows(clip.images, pairs, estimator, mode) for clip in clips]
+            targets_per_s = len(clips) * len(pairs) / (time.perf_counter() - start)
+            stats = flow_accuracy(exact, estimated)
+            print(f"| {name} | {gap} | {stats['motion']:.1f} | {stats['epe_kept']:.2f} | {stats['epe']:.2f} | "
+                  f"{stats['kept_fraction']:.2f} | {stats['occluded_kept']:.2f} | {targets_per_s:.3g} |", flush=True)
 
 
 if __name__ == "__main__":
