@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from data_pipelines.pseudo_flow import make_estimator, pseudo_flow_targets
-from data_pipelines.video import VideoClipConfig, VideoError, size_multiple_of_14, video_clips, video_records
+from data_pipelines.video import (
+    VideoClipConfig,
+    VideoError,
+    size_multiple_of_14,
+    video_clips,
+    video_paths,
+    video_records,
+)
 from flow3r_jax.data.records import decode_clip, decode_frames, encode_clip
 from flow3r_jax.data.synthetic import generate_clip
 
@@ -86,3 +93,14 @@ def test_undecodable_and_short_videos_name_the_file(tmp_path, synthetic_video):
     path, _ = synthetic_video
     with pytest.raises(VideoError, match=r"scene.mp4: too short for one clip \(6 frames"):
         list(video_clips(path, VideoClipConfig(target_fps=10, clip_length=8)))
+
+
+def test_video_paths_from_patterns_or_list(tmp_path):
+    for name in ["a/x.mp4", "a/b/y.webm", "z.mov"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = video_paths([str(tmp_path / "a/**/*.*"), str(tmp_path / "missing.mp4")])
+    assert found == sorted([str(tmp_path / "a/x.mp4"), str(tmp_path / "a/b/y.webm"), str(tmp_path / "missing.mp4")])
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{tmp_path / 'z.mov'}\n\n  {tmp_path / 'a/x.mp4'}  \n")
+    assert video_paths(list_file=str(listing)) == [str(tmp_path / "z.mov"), str(tmp_path / "a/x.mp4")]
