@@ -9,8 +9,8 @@ rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow flow3r_ja
 gaps up to `max_gap`, and their targets come from data_pipelines/pseudo_flow.py in `flow_mode`. Defaults
 from tools/benchmark_pseudo_flow.py (392x518 synthetic clips): DIS flows composed along the clip keep
 3.7 px end-point error on the pixels they keep (79% of the co-visible ones) at gap 8 (0.8 s at 10 fps),
-where direct DIS has 8 px at gap 4 and 28 px at gap 8; with "direct" keep max_gap <= 2. A file that cannot be opened or decoded, or that is too
-short for one clip, raises VideoError naming the file.
+where direct DIS has 8 px at gap 4 and 28 px at gap 8; with "direct" keep max_gap <= 2. A file that
+cannot be opened or decoded, or that is too short for one clip, raises VideoError naming the file.
 """
 
 from __future__ import annotations
