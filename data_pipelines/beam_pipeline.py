@@ -11,8 +11,11 @@ pseudo-flow error, ...) contributes no records; it is listed with the reason in 
 manifest.json ("failures", "num_failures") and in failures.jsonl, and the job goes on. Reruns: shards
 whose entry matches the file checksum and the build settings are skipped, so finished work is never
 duplicated; manifest.json is written by the driver once every shard is finished.
-Progress: Beam counters in namespace "flow3r_shards" (inputs_ok, inputs_failed, clips_written,
-shards_written) and one log line per finished shard.
+Workers: the DoFn holds only picklable settings; each worker builds its record maker (with the flow
+estimator, e.g. a RAFT model on the worker's GPU) once in DoFn.setup and reuses it for every shard it
+writes. Progress: Beam counters in namespace "flow3r_shards" (inputs_ok, inputs_failed, clips_written,
+shards_written, estimators_built: one per worker set up for video inputs), one log line per finished
+shard and one line with the job's counters.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import pathlib
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from data_pipelines.video import VideoClipConfig
 from flow3r_jax.data.shard_writer import complete_manifest, finished_shard, input_seed, write_manifest, write_shard
 from flow3r_jax.files import atomic_write
-from data_pipelines.video import VideoClipConfig
 
 FAILURES_NAME = "failures.jsonl"
 _NAMESPACE = "flow3r_shards"
@@ -47,11 +50,15 @@ class SyntheticSpec:
 
 
 def build_shards_beam(inputs: list, out_dir, num_shards: int, *, source: str = "video",
-                      video_config: VideoClipConfig = VideoClipConfig(), estimator: str = "dis",
-                      estimator_kwargs: dict | None = None, synthetic: SyntheticSpec = SyntheticSpec(),
+                      video_config: VideoClipConfig | None = None, estimator: str = "dis",
+                      estimator_kwargs: dict | None = None, synthetic: SyntheticSpec | None = None,
                       seed: int = 0, prefix: str = "clips", pipeline_args: list[str] | None = None) -> dict:
     """Run the shard job over `inputs` (video paths for source="video", int seeds for "synthetic");
-    returns the manifest. Does nothing when `out_dir` already holds a complete manifest of this build."""
+    returns the manifest. Does nothing when `out_dir` already holds a complete manifest of this build.
+    `video_config` / `synthetic` default to VideoClipConfig() / SyntheticSpec(); the estimator is built
+    from (`estimator`, `estimator_kwargs`) once per worker (data_pipelines/pseudo_flow.py)."""
+    video_config = VideoClipConfig() if video_config is None else video_config
+    synthetic = SyntheticSpec() if synthetic is None else synthetic
     if source not in ("video", "synthetic"):
         raise ValueError(f"source must be 'video' or 'synthetic', got {source!r}")
     if not 0 < num_shards <= len(inputs):
@@ -69,9 +76,14 @@ def build_shards_beam(inputs: list, out_dir, num_shards: int, *, source: str = "
     logging.info("%s: %d of %d shards to build", out_dir, len(todo), num_shards)
     if todo:
         jobs = [(s, [(k, inputs[k]) for k in range(s, len(inputs), num_shards)]) for s in todo]
-        with beam.Pipeline(options=PipelineOptions(pipeline_args or [])) as pipeline:
-            _ = (pipeline | "Shards" >> beam.Create(jobs) | "Spread" >> beam.Reshuffle()
-                 | "Write" >> beam.ParDo(_WriteShardFn(str(out_dir), prefix, num_shards, build)))
+        pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args or []))
+        _ = (pipeline | "Shards" >> beam.Create(jobs) | "Spread" >> beam.Reshuffle()
+             | "Write" >> beam.ParDo(_WriteShardFn(str(out_dir), prefix, num_shards, build)))
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                    if c.key.metric.namespace == _NAMESPACE}
+        logging.info("%s: job counters %s", out_dir, json.dumps(counters, sort_keys=True))
     entries = [finished_shard(out_dir, prefix, s, num_shards, build) for s in range(num_shards)]
     missing = [s for s, e in enumerate(entries) if e is None]
     if missing:
@@ -90,11 +102,16 @@ class _WriteShardFn(beam.DoFn):
         self._inputs_failed = beam.metrics.Metrics.counter(_NAMESPACE, "inputs_failed")
         self._clips_written = beam.metrics.Metrics.counter(_NAMESPACE, "clips_written")
         self._shards_written = beam.metrics.Metrics.counter(_NAMESPACE, "shards_written")
+        self._estimators_built = beam.metrics.Metrics.counter(_NAMESPACE, "estimators_built")
 
     def setup(self):
         self._records_of = _record_maker(self._build)
+        self._report_setup = self._build["source"] == "video"
 
     def process(self, job):
+        if self._report_setup:  # counters only count inside a bundle, so setup is reported here
+            self._estimators_built.inc()
+            self._report_setup = False
         shard, items = job
         failures = []
 
@@ -121,9 +138,9 @@ class _WriteShardFn(beam.DoFn):
 def _record_maker(build: dict):
     """build -> function (input index, input) -> list of (source_id, record bytes)."""
     from data_pipelines.pseudo_flow import make_estimator
-    from flow3r_jax.data.synthetic import synthetic_record
     from data_pipelines.video import video_records
     from flow3r_jax.data.records import encode_clip
+    from flow3r_jax.data.synthetic import synthetic_record
 
     settings = build["settings"]
     if build["source"] == "synthetic":
@@ -137,5 +154,6 @@ def _record_maker(build: dict):
     estimator = make_estimator(build["estimator"], **build["estimator_kwargs"])
 
     def video_clip_records(index, path):
-        return [(c.source_id, encode_clip(c)) for c in video_records(path, config, estimator, input_seed(build["seed"], index))]
+        clips = video_records(path, config, estimator, input_seed(build["seed"], index))
+        return [(c.source_id, encode_clip(c)) for c in clips]
     return video_clip_records

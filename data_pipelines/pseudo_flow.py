@@ -1,12 +1,18 @@
 """Pseudo-flow targets for unlabeled clips: pluggable dense flow estimators + forward-backward consistency.
 
 An estimator maps two RGB frames (H, W, 3) uint8 to the pixel displacement (H, W, 2) float32 (dx, dy) of
-every pixel of the first frame in the second. Estimators are registered by name:
+every pixel of the first frame in the second; one with an `estimate_batch(sources, targets)` method
+(N, H, W, 3) -> (N, H, W, 2) gets all flows of a clip in one call. Estimators are registered by name:
 
 * ``"dis"`` (default, no weights): OpenCV DIS optical flow on grey images (preset "medium").
+* ``"raft_small"``, ``"raft_large"``: torchvision's RAFT from a local checkpoint file, batched, on the GPU
+  when there is one (data_pipelines/raft_flow.py; optional torch + torchvision).
 * ``"ufm"``, ``"roma"``, ``"sea_raft"``: learned matchers. They run only from a local checkpoint file and a
   user-supplied loader (``"module:function"``; the function takes the checkpoint path and returns an
   estimator callable). Nothing is downloaded; a missing file/package/loader is a clear PseudoFlowError.
+
+Flows of a clip's frame pairs (`pseudo_flows`): "composed" (default) chains adjacent-frame flows so long
+frame gaps keep the accuracy of short ones (data_pipelines/flow_chain.py); "direct" estimates each pair.
 
 Co-visibility mask (`forward_backward_mask`): a pixel x is kept when its target x' = x + f_ij(x) lies in
 the image and the backward flow brings it home: |f_ij(x) + f_ji(x')|^2 <= FB_ALPHA (|f_ij(x)|^2 +
@@ -18,13 +24,15 @@ from __future__ import annotations
 
 import importlib
 import pathlib
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+from data_pipelines.flow_chain import chain_links, compose_flows
 from flow3r_jax.data.records import FLOW_NDC_LIMIT
-from flow3r_jax.geometry.ndc import pixel_flow_to_ndc_coords
+from flow3r_jax.geometry.ndc import pixel_flow_to_ndc_coords, pixel_grid
 
 FB_ALPHA = 0.01
 FB_BETA = 0.5
@@ -121,6 +129,15 @@ for _name in _LEARNED_MATCHERS:
     register_estimator(_name)(lambda _name=_name, **kwargs: LearnedMatcher(_name, **kwargs))
 
 
+def _raft(variant: str, **kwargs) -> FlowEstimator:
+    from data_pipelines.raft_flow import RAFTFlow  # torch is optional: imported only when RAFT is asked for
+    return RAFTFlow(variant, **kwargs)
+
+
+for _variant in ("small", "large"):
+    register_estimator(f"raft_{_variant}")(lambda _variant=_variant, **kwargs: _raft(_variant, **kwargs))
+
+
 def forward_backward_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """(H, W, 2) flows i->j and j->i -> (H, W) bool co-visibility of the pixels of frame i (module doc)."""
     forward, backward = np.asarray(forward, np.float32), np.asarray(backward, np.float32)
@@ -134,47 +151,79 @@ def forward_backward_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarr
     return inside & (mismatch <= bound)
 
 
-def pseudo_flow_targets(frames: np.ndarray, pairs: np.ndarray, estimator: FlowEstimator):
-    """(T, H, W, 3) uint8 frames, (P, 2) pairs -> (P, H, W, 2) float32 NDC target coordinates and
-    (P, H, W) float32 forward-backward co-visibility masks. Each ordered flow is estimated once."""
+FLOW_MODES = ("composed", "direct")
+
+
+def estimate_flows(estimator: FlowEstimator, frames: np.ndarray, pairs) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames, (P, 2) pairs -> (P, H, W, 2) float32 pixel flows of the pairs, in one
+    batch when the estimator has `estimate_batch` (learned matchers), else pair by pair."""
+    pairs = np.asarray(pairs, int).reshape(-1, 2)
+    batch = getattr(estimator, "estimate_batch", None)
+    if batch is not None:
+        return np.asarray(batch(frames[pairs[:, 0]], frames[pairs[:, 1]]), np.float32)
+    return np.stack([estimator(frames[i], frames[j]) for i, j in pairs]).astype(np.float32)
+
+
+def pseudo_flows(frames: np.ndarray, pairs, estimator: FlowEstimator, mode: str = "composed"):
+    """(T, H, W, 3) uint8 frames, (P, 2) pairs -> (P, H, W, 2) float32 pixel flows and (P, H, W) bool masks.
+
+    mode "composed": every flow is chained from adjacent-frame flows (data_pipelines/flow_chain.py), each
+    link estimated once in both directions; the mask is the chain mask. "direct": each pair is estimated
+    directly in both directions; the mask is the forward-backward test (module doc)."""
+    if mode not in FLOW_MODES:
+        raise PseudoFlowError(f"pseudo-flow mode must be one of {FLOW_MODES}, got {mode!r}")
+    pairs = [(int(i), int(j)) for i, j in np.asarray(pairs, int).reshape(-1, 2)]
     height, width = frames.shape[1:3]
-    cache = {}
+    if not pairs:
+        return np.zeros((0, height, width, 2), np.float32), np.zeros((0, height, width), bool)
+    if mode == "direct":
+        needed = sorted({p for i, j in pairs for p in ((i, j), (j, i))})
+    else:
+        needed = sorted({p for i, j in pairs for a, b in chain_links(i, j) for p in ((a, b), (b, a))})
+    flows = dict(zip(needed, estimate_flows(estimator, frames, needed), strict=True))
+    if mode == "direct":
+        return (np.stack([flows[p] for p in pairs]),
+                np.stack([forward_backward_mask(flows[(i, j)], flows[(j, i)]) for i, j in pairs]))
+    link_masks = {(a, b): forward_backward_mask(flows[(a, b)], flows[(b, a)]) for a, b in needed}
+    composed = [compose_flows([flows[link] for link in chain_links(i, j)],
+                              [link_masks[link] for link in chain_links(i, j)]) for i, j in pairs]
+    return np.stack([f for f, _ in composed]), np.stack([m for _, m in composed])
 
-    def flow(i, j):
-        if (i, j) not in cache:
-            cache[(i, j)] = estimator(frames[i], frames[j])
-        return cache[(i, j)]
 
-    coords = np.zeros((len(pairs), height, width, 2), np.float32)
-    masks = np.zeros((len(pairs), height, width), np.float32)
-    for p, (i, j) in enumerate(np.asarray(pairs, int)):
-        forward = flow(i, j)
-        coords[p] = np.clip(pixel_flow_to_ndc_coords(forward, np), -FLOW_NDC_LIMIT, FLOW_NDC_LIMIT)
-        masks[p] = forward_backward_mask(forward, flow(j, i))
-    return coords, masks
+def pseudo_flow_targets(frames: np.ndarray, pairs, estimator: FlowEstimator, mode: str = "composed"):
+    """(T, H, W, 3) uint8 frames, (P, 2) pairs -> (P, H, W, 2) float32 NDC target coordinates (clipped to
+    the record limit) and (P, H, W) float32 co-visibility masks, from `pseudo_flows`."""
+    flows, masks = pseudo_flows(frames, pairs, estimator, mode)
+    coords = np.clip(pixel_flow_to_ndc_coords(flows, np), -FLOW_NDC_LIMIT, FLOW_NDC_LIMIT)
+    return coords.astype(np.float32), masks.astype(np.float32)
 
 
-def estimator_epe(estimator: FlowEstimator, clips, pairs) -> dict:
-    """End-point error (pixels) of `estimator` against the exact flow of synthetic clips.
+def estimator_epe(estimator: FlowEstimator, clips, pairs, mode: str = "composed") -> dict:
+    """Accuracy of the stored pseudo-flow (`pseudo_flows`) of `estimator` on synthetic clips
+    (flow3r_jax.data.synthetic.SyntheticClip objects) for the (i, j) `pairs` of every clip; see `flow_accuracy`."""
+    exact = [[clip.flow(i, j) for i, j in pairs] for clip in clips]
+    return flow_accuracy(exact, [pseudo_flows(clip.images, pairs, estimator, mode) for clip in clips])
 
-    `clips`: flow3r_jax.data.synthetic.SyntheticClip objects; `pairs`: (i, j) pairs evaluated in every clip.
-    Returns epe (mean over ground-truth co-visible pixels), epe_kept (over those also kept by the
-    forward-backward mask), kept_fraction (of GT co-visible pixels the mask keeps) and occluded_kept
-    (fraction of GT non-co-visible pixels the mask wrongly keeps).
-    """
-    errors, kept_errors, kept, occluded_kept, num_covisible, num_occluded = [], [], 0, 0, 0, 0
-    for clip in clips:
-        for i, j in pairs:
-            gt_coords, covisible = clip.flow(i, j)
-            gt_flow = gt_coords - np.stack(np.meshgrid(np.arange(gt_coords.shape[1]), np.arange(gt_coords.shape[0])), -1)
-            forward = estimator(clip.images[i], clip.images[j])
-            mask = forward_backward_mask(forward, estimator(clip.images[j], clip.images[i]))
-            error = np.linalg.norm(forward - gt_flow, axis=-1)
+
+def flow_accuracy(exact, estimated) -> dict:
+    """Pseudo-flow against exact flow. exact: per clip, per pair (coords (H, W, 2) target pixels, covisible
+    (H, W) bool) as SyntheticClip.flow gives; estimated: per clip (flows (P, H, W, 2), masks (P, H, W)) as
+    `pseudo_flows` gives. Returns epe (pixels, mean over ground-truth co-visible pixels), epe_kept (over
+    those also kept by the mask), kept_fraction (of GT co-visible pixels the mask keeps), occluded_kept
+    (fraction of GT non-co-visible pixels the mask wrongly keeps) and motion (mean exact displacement in
+    pixels of co-visible pixels)."""
+    errors, kept_errors, motion, kept, occluded_kept, num_covisible, num_occluded = [], [], [], 0, 0, 0, 0
+    for clip_exact, (flows, masks) in zip(exact, estimated, strict=True):
+        for (coords, covisible), flow, mask in zip(clip_exact, flows, masks, strict=True):
+            exact_flow = coords - pixel_grid(*coords.shape[:2], np)
+            error = np.linalg.norm(flow - exact_flow, axis=-1)
             errors.append(error[covisible])
             kept_errors.append(error[covisible & mask])
+            motion.append(np.linalg.norm(exact_flow, axis=-1)[covisible])
             kept += int(np.sum(covisible & mask))
             occluded_kept += int(np.sum(~covisible & mask))
             num_covisible += int(covisible.sum())
             num_occluded += int((~covisible).sum())
     return {"epe": float(np.concatenate(errors).mean()), "epe_kept": float(np.concatenate(kept_errors).mean()),
-            "kept_fraction": kept / max(num_covisible, 1), "occluded_kept": occluded_kept / max(num_occluded, 1)}
+            "kept_fraction": kept / max(num_covisible, 1), "occluded_kept": occluded_kept / max(num_occluded, 1),
+            "motion": float(np.concatenate(motion).mean())}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ def convert_scannet_scene(scene_dir, size: tuple[int, int], clip_length: int = 8
     height, width = size
     if height % 14 or width % 14:
         raise ValueError(f"size must be multiples of 14, got {size}")
-    ids = sorted((int(p.stem) for p in (scene_dir / "color").glob("*.jpg")))[::frame_step]
+    ids = sorted(int(p.stem) for p in (scene_dir / "color").glob("*.jpg"))[::frame_step]
     if not ids:
         raise FileNotFoundError(f"{scene_dir / 'color'}: no *.jpg frames")
     k_color = _read_matrix(scene_dir / "intrinsic" / "intrinsic_color.txt")[:3, :3]
@@ -52,7 +52,7 @@ def convert_scannet_scene(scene_dir, size: tuple[int, int], clip_length: int = 8
         window = ids[start:start + clip_length]
         poses = np.stack([_read_matrix(scene_dir / "pose" / f"{i}.txt") for i in window])
         if not np.all(np.isfinite(poses)):
-            bad = [i for i, pose in zip(window, poses) if not np.all(np.isfinite(pose))]
+            bad = [i for i, pose in zip(window, poses, strict=True) if not np.all(np.isfinite(pose))]
             logging.warning("%s: clip of frames %d-%d skipped, invalid poses for frames %s",
                             scene_dir, window[0], window[-1], bad)
             continue

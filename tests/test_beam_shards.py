@@ -1,17 +1,22 @@
-"""Beam DirectRunner shard job on videos encoded in the test, one of them corrupt; reruns skip finished work."""
+"""Beam DirectRunner shard job on videos encoded in the test, one of them corrupt; reruns skip finished work.
+Also run with the DirectRunner's worker processes (what a distributed runner needs: picklable transforms, no
+shared state) and with a RAFT estimator built once per worker."""
 
 import json
+import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from test_video_ingest import write_video
 
 from data_pipelines.beam_pipeline import FAILURES_NAME, SyntheticSpec, build_shards_beam
+from data_pipelines.video import VideoClipConfig
 from flow3r_jax.data.shard_reader import read_clips
 from flow3r_jax.data.shard_writer import file_sha256, manifest_shard_files
 from flow3r_jax.data.synthetic import generate_clip
-from data_pipelines.video import VideoClipConfig
-from test_video_ingest import write_video
 
 CONFIG = VideoClipConfig(target_fps=10, clip_length=3, clip_stride=3, target_pixels=42 * 56, pairs_per_clip=2)
 
@@ -69,3 +74,54 @@ def test_beam_job_on_synthetic_seeds(tmp_path):
     depth = generate_clip(6, 28, 42, 3, dynamic=True).depth
     match = [c for c in clips.values() if "seed=6:" in c.source_id][0]
     np.testing.assert_allclose(match.depth, depth, rtol=2.0 ** -11)
+
+
+def test_build_shards_tool_passes_unknown_flags_to_beam(tmp_path):
+    tool = [sys.executable, "tools/build_shards.py", "--out", str(tmp_path), "--num_shards", "2"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    done = subprocess.run(tool + ["--synthetic", "2", "--height", "28", "--width", "42", "--clip_length", "3",
+                                  "--pairs_per_clip", "2", "--direct_num_workers=1"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 clips in 2 shards, 0 failed inputs" in done.stdout
+    assert json.loads((tmp_path / "manifest.json").read_text())["total_records"] == 2
+    missing = subprocess.run(tool, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "give exactly one of --videos, --video_list, --synthetic" in missing.stderr
+
+
+def job_counters(caplog, out) -> dict:
+    """The counters of the last shard job on `out`, from its log line."""
+    lines = [r for r in caplog.records if r.getMessage().startswith(f"{out}: job counters ")]
+    return json.loads(lines[-1].getMessage().split("job counters ", 1)[1])
+
+
+def test_beam_job_in_worker_processes(tmp_path, videos, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "shards"
+    processes = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    manifest = build_shards_beam(videos, out, num_shards=4, video_config=CONFIG, pipeline_args=processes)
+    assert manifest["total_records"] == 6 and manifest["num_shards"] == 4
+    assert [f["source"] for f in manifest["failures"]] == [videos[2]]
+    counters = job_counters(caplog, out)
+    assert counters["shards_written"] == 4 and counters["inputs_failed"] == 1 and counters["clips_written"] == 6
+    # One estimator per worker process, not per shard.
+    assert 1 <= counters["estimators_built"] <= 2
+    serial = build_shards_beam(videos, tmp_path / "serial", num_shards=4, video_config=CONFIG)
+    assert [s["sha256"] for s in serial["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    manifest_shard_files(out)[1].unlink()
+    (out / "manifest.json").unlink()
+    caplog.clear()
+    rebuilt = build_shards_beam(videos, out, num_shards=4, video_config=CONFIG, pipeline_args=processes)
+    assert rebuilt == manifest and job_counters(caplog, out)["shards_written"] == 1
+
+
+def test_beam_job_with_raft_estimator(tmp_path, videos, caplog):
+    caplog.set_level(logging.INFO)
+    raft = {"random_weights": True, "num_flow_updates": 2}
+    manifest = build_shards_beam(videos[:2], tmp_path, num_shards=2, video_config=CONFIG, estimator="raft_small",
+                                 estimator_kwargs=raft)
+    assert manifest["total_records"] == 4 and manifest["num_failures"] == 0
+    assert job_counters(caplog, tmp_path)["estimators_built"] == 1  # one worker: built once for both shards
+    clips = [c for p in manifest_shard_files(tmp_path) for c in read_clips(p)]
+    assert all(c.flow_coords.shape == (2, 42, 56, 2) and c.flow_mask.shape == (2, 42, 56) for c in clips)

@@ -4,10 +4,17 @@ import av
 import numpy as np
 import pytest
 
-from data_pipelines.pseudo_flow import make_estimator
-from flow3r_jax.data.synthetic import generate_clip
-from data_pipelines.video import VideoClipConfig, VideoError, size_multiple_of_14, video_clips, video_records
+from data_pipelines.pseudo_flow import make_estimator, pseudo_flow_targets
+from data_pipelines.video import (
+    VideoClipConfig,
+    VideoError,
+    size_multiple_of_14,
+    video_clips,
+    video_paths,
+    video_records,
+)
 from flow3r_jax.data.records import decode_clip, decode_frames, encode_clip
+from flow3r_jax.data.synthetic import generate_clip
 
 
 def write_video(path, frames, fps, codec="libx264"):
@@ -64,6 +71,20 @@ def test_video_records_carry_pseudo_flow(synthetic_video):
     assert decode_frames(clip, [0, 3]).shape == (2, clip.height, clip.width, 3)
 
 
+def test_video_records_compose_long_gaps_by_default(synthetic_video):
+    path, _ = synthetic_video
+    config = VideoClipConfig(target_fps=20, clip_length=6, clip_stride=6, target_pixels=56 * 84, pairs_per_clip=30)
+    assert config.flow_mode == "composed" and config.max_gap >= 5
+    frames, _ = next(video_clips(path, config))
+    clip = next(video_records(path, config, make_estimator("dis"), seed=0))
+    gaps = np.abs(clip.flow_pairs[:, 0] - clip.flow_pairs[:, 1])
+    assert len(clip.flow_pairs) == 30 and gaps.max() == 5  # every ordered pair of the 6 frames
+    coords, masks = pseudo_flow_targets(frames, clip.flow_pairs, make_estimator("dis"), "composed")
+    np.testing.assert_allclose(clip.flow_coords, coords, atol=1e-6)
+    np.testing.assert_array_equal(clip.flow_mask, masks)
+    assert masks[gaps == 5].mean() > 0.5
+
+
 def test_undecodable_and_short_videos_name_the_file(tmp_path, synthetic_video):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
@@ -72,3 +93,14 @@ def test_undecodable_and_short_videos_name_the_file(tmp_path, synthetic_video):
     path, _ = synthetic_video
     with pytest.raises(VideoError, match=r"scene.mp4: too short for one clip \(6 frames"):
         list(video_clips(path, VideoClipConfig(target_fps=10, clip_length=8)))
+
+
+def test_video_paths_from_patterns_or_list(tmp_path):
+    for name in ["a/x.mp4", "a/b/y.webm", "z.mov"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = video_paths([str(tmp_path / "a/**/*.*"), str(tmp_path / "missing.mp4")])
+    assert found == sorted([str(tmp_path / "a/x.mp4"), str(tmp_path / "a/b/y.webm"), str(tmp_path / "missing.mp4")])
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{tmp_path / 'z.mov'}\n\n  {tmp_path / 'a/x.mp4'}  \n")
+    assert video_paths(list_file=str(listing)) == [str(tmp_path / "z.mov"), str(tmp_path / "a/x.mp4")]
