@@ -1,5 +1,6 @@
 """Clip record format: version 2 round trip, version 1 reading, version and corruption errors, real shards."""
 
+import json
 import struct
 import zlib
 
@@ -21,7 +22,7 @@ from flow3r_jax.data.records import (
 from flow3r_jax.data.samples import build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.shard_reader import read_clips
-from flow3r_jax.data.shard_writer import WRITER_OPTIONS, shard_filename, write_shard
+from flow3r_jax.data.shard_writer import WRITER_OPTIONS, finished_shard, shard_filename, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
 from flow3r_jax.data.transforms import random_color_jitter, random_crop
 
@@ -237,6 +238,12 @@ def test_shards_hold_current_version_records_only(tmp_path, labeled_clip):
     with pytest.raises(RecordError, match="old#0: record version 1; shards are written in version 2 only"):
         write_shard(tmp_path, "test", 0, 1, [("old#0", encode_clip_v1(labeled_clip))], build={})
     assert not list(tmp_path.glob("*.array_record"))
+    entry = write_shard(tmp_path, "test", 0, 1, [("new#0", encode_clip(labeled_clip))], build={"b": 1})
+    assert entry["record_version"] == RECORD_VERSION
+    assert finished_shard(tmp_path, "test", 0, 1, {"b": 1}) == entry
+    entry_path = tmp_path / (entry["file"] + ".json")
+    entry_path.write_text(json.dumps({**entry, "record_version": 1}))  # built by an older version: rebuild
+    assert finished_shard(tmp_path, "test", 0, 1, {"b": 1}) is None
 
 
 def test_corrupt_record_in_a_real_shard_names_shard_index_and_field(tmp_path, labeled_clip):

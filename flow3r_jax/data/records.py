@@ -34,9 +34,8 @@ Small arrays are maps ``{"dtype", "shape", "data"}`` of little-endian bytes. Blo
 ``flow_coords[p]`` (H, W, 2) target-image coordinates in NDC (flow3r_jax/geometry/ndc.py) of every pixel of
                    frame i in frame j, quantized to int16 q = round(x * FLOW_NDC_SCALE) (step 1/4096 NDC,
                    rounding <= 0.03 px at W = 518), delta-coded along W (int16 wrap-around arithmetic),
-                   zstd. Values must be finite with |x| <=
-                   FLOW_NDC_LIMIT (producers clip the coordinates of pixels that leave the image far
-                   behind; those pixels are not co-visible anyway)
+                   zstd. Values must be finite with |x| <= FLOW_NDC_LIMIT (producers clip the coordinates
+                   of pixels that leave the image far behind; those pixels are not co-visible anyway)
 ``flow_mask[p]``   (H, W) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m), zstd
 =================  =====================================================================================
 
@@ -48,8 +47,9 @@ mask and flow pair is its own blob and a sample decompresses exactly what it use
 its own CRC (a damaged blob is reported as e.g. "shard#17: depth[3]"). zstd inflates these fields 3-10x
 faster than zlib at a better ratio (one 392 x 518 DIS pseudo-flow pair: zlib-1 2.8 ms, zstd-3 0.9 ms,
 2.3x vs 2.5x smaller than raw; a float16 depth map 0.8 ms vs 0.25 ms, 6x vs 9x; lossless 16-bit PNG of
-the same depth: 2.3 ms). Flow keeps version 1's quantization and W-delta (the running sum costs about
-0.9 ms a pair; a 2-D delta compresses better but needs int16 wrap-around sums no fast routine offers).
+the same depth: 2.3 ms; timings on one core of the 2-core development machine). Flow keeps version 1's
+quantization and W-delta: without the delta a pair compresses 1.3x instead of 2.5x; its running sum
+costs about 0.9 ms a pair. Depth stays float16 so both versions decode to the same values.
 
 Version 1 (written until this layout) stays readable (flow3r_jax/data/records_v1.py): one msgpack body
 with each large field as one zlib-compressed byte-planed array. Both versions decode to the same values.

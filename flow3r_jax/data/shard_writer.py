@@ -6,7 +6,8 @@ Layout of a dataset directory::
                                                RECORD_VERSION; other versions are refused),
                                                written with options "group_size:1" (random access)
     <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources,
-                                               failures (inputs that produced nothing, and why), build
+                                               failures (inputs that produced nothing, and why), build,
+                                               record_version (shards of another version are rebuilt)
     manifest.json                              written last: record_version, prefix, num_shards,
                                                total_records, build, num_failures, failures, sources,
                                                shards (file, num_records, sha256 of each)
@@ -69,19 +70,21 @@ def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iter
         finally:
             writer.close()
     entry = {"file": path.name, "num_records": len(sources), "sha256": file_sha256(path),
-             "sources": sources, "failures": failures or [], "build": build}
+             "sources": sources, "failures": failures or [], "build": build, "record_version": RECORD_VERSION}
     atomic_write(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
     return entry
 
 
 def finished_shard(out_dir, prefix: str, index: int, num_shards: int, build: dict) -> dict | None:
-    """The entry of shard `index` if its file and entry exist, match each other and `build`; else None."""
+    """The entry of shard `index` if its file and entry exist, match each other, `build` and the current
+    RECORD_VERSION; else None."""
     path = pathlib.Path(out_dir) / shard_filename(prefix, index, num_shards)
     entry_path = path.with_name(path.name + ".json")
     if not (path.exists() and entry_path.exists()):
         return None
     entry = json.loads(entry_path.read_text())
-    if entry.get("build") != build or entry.get("sha256") != file_sha256(path):
+    if (entry.get("build") != build or entry.get("record_version") != RECORD_VERSION
+            or entry.get("sha256") != file_sha256(path)):
         return None
     return entry
 
