@@ -64,6 +64,7 @@ Decoding needs only numpy, msgpack, zstandard and OpenCV (no TensorFlow), so Gra
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import struct
 import zlib
@@ -183,12 +184,13 @@ def record_version(data: bytes, where: str = "") -> int:
     return version
 
 
-class FieldReader:
-    """Decodes entries of one large field of a record on demand: `entries(indices)` -> stored values,
-    (n, H, W) float16 depth / uint8 masks, or (n, H, W, 2) int16 quantized NDC flow."""
+class FieldReader(abc.ABC):
+    """Decodes entries of one large field of a record on demand."""
 
+    @abc.abstractmethod
     def entries(self, indices: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(n,) valid entry indices -> stored values: (n, H, W) float16 depth / uint8 masks, or
+        (n, H, W, 2) int16 quantized NDC flow."""
 
 
 @dataclasses.dataclass
