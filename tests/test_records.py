@@ -10,6 +10,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from flow3r_jax.data.records import (
+    FLOW_NDC_LIMIT,
     FLOW_NDC_SCALE,
     RECORD_VERSION,
     Clip,
@@ -18,6 +19,7 @@ from flow3r_jax.data.records import (
     decode_frames,
     encode_clip,
     open_clip,
+    undelta_flow,
 )
 from flow3r_jax.data.samples import build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
@@ -101,6 +103,16 @@ def test_labeled_round_trip_within_stated_quantization(labeled_clip):
     assert np.abs(decoded.flow_coords - labeled_clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-7
     assert np.abs(decoded.flow_mask - labeled_clip.flow_mask).max() <= 0.5 / 255 + 1e-7
     assert decoded.depth.dtype == np.float32 and decoded.flow_coords.dtype == np.float32
+
+
+def test_flow_running_sum_wraps_like_int16(labeled_clip):
+    deltas = np.random.default_rng(0).integers(-32768, 32768, (2, 3, 600, 2)).astype(np.int16)
+    np.testing.assert_array_equal(undelta_flow(deltas), np.cumsum(deltas, axis=2, dtype=np.int16))
+    extremes = np.where(np.indices(labeled_clip.flow_coords.shape).sum(0) % 2, FLOW_NDC_LIMIT, -FLOW_NDC_LIMIT)
+    clip = Clip(**{**labeled_clip.__dict__, "flow_coords": extremes.astype(np.float32)})  # deltas wrap around
+    for encode in (encode_clip, encode_clip_v1):
+        decoded = decode_clip(encode(clip))
+        assert np.abs(decoded.flow_coords - clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-6
 
 
 def test_unlabeled_round_trip(labeled_clip):

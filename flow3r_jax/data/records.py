@@ -49,7 +49,7 @@ faster than zlib at a better ratio (one 392 x 518 DIS pseudo-flow pair: zlib-1 2
 2.3x vs 2.5x smaller than raw; a float16 depth map 0.8 ms vs 0.25 ms, 6x vs 9x; lossless 16-bit PNG of
 the same depth: 2.3 ms; timings on one core of the 2-core development machine). Flow keeps version 1's
 quantization and W-delta: without the delta a pair compresses 1.3x instead of 2.5x; its running sum
-costs about 0.9 ms a pair. Depth stays float16 so both versions decode to the same values.
+(`undelta_flow`) costs about 0.2 ms a pair. Depth stays float16 so both versions decode to the same values.
 
 Version 1 (written until this layout) stays readable (flow3r_jax/data/records_v1.py): one msgpack body
 with each large field as one zlib-compressed byte-planed array. Both versions decode to the same values.
@@ -391,9 +391,17 @@ class _BlobField(FieldReader):
                 raise RecordError(f"{self._blobs.where}: {self._blobs.key}[{i}] inflates to {len(raw)} bytes, "
                                   f"expected {size}")
             out[slot] = np.frombuffer(raw, self._dtype).reshape(self.entry_shape)
-        if self._blobs.key == "flow_coords":
-            np.cumsum(out, axis=2, dtype=np.int16, out=out)
-        return out
+        return undelta_flow(out) if self._blobs.key == "flow_coords" else out
+
+
+def undelta_flow(deltas: np.ndarray) -> np.ndarray:
+    """(n, H, W, 2) int16 flow deltas along W -> their running sums along W in int16 wrap-around
+    arithmetic. Each (x, y) pair is summed as the two 32-bit lanes of one uint64 (no carry between them
+    for W < 65537), which numpy accumulates about 5x faster than int16 pairs."""
+    count, height, width, _ = deltas.shape
+    lanes = deltas.view(np.uint16).astype(np.uint32).view(np.uint64).reshape(count, height, width)
+    np.cumsum(lanes, axis=2, out=lanes)
+    return lanes.view(np.uint32).reshape(deltas.shape).astype(np.int16)
 
 
 def _pack_small(array: np.ndarray, dtype: str) -> dict:

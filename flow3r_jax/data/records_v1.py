@@ -25,7 +25,15 @@ import zlib
 import msgpack
 import numpy as np
 
-from flow3r_jax.data.records import ARRAY_KEYS, LABEL_KEYS, ClipRecord, FieldReader, RecordError, check_shapes
+from flow3r_jax.data.records import (
+    ARRAY_KEYS,
+    LABEL_KEYS,
+    ClipRecord,
+    FieldReader,
+    RecordError,
+    check_shapes,
+    undelta_flow,
+)
 
 _HEADER = struct.Struct("<4sHI")
 _BODY_KEYS = ("source_id", "height", "width", "timestamps", "frames", "normal_ok", "flow_pairs",
@@ -74,7 +82,7 @@ class _PackedField(FieldReader):
         rows = self._packed.rows(indices, self._where)
         if self._packed.key != "flow_coords":
             return rows
-        return np.cumsum(rows, axis=2, dtype=np.int16)
+        return undelta_flow(np.ascontiguousarray(rows))
 
 
 @dataclasses.dataclass(frozen=True)
