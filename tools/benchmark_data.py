@@ -2,7 +2,9 @@
 
 Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py) per worker count, the pure
 JPEG decode rate of the same frames in one process (the bound of one process: a sample cannot be built
-faster than its frames decode), and their ratio, overall and per process (workers, or 1 without).
+faster than its frames decode), and their ratio, overall and per process (workers, or 1 without). On a
+shared machine wall-clock rates move with the load; the CPU column compares frames per CPU second of
+this process instead (pipeline without workers against decode), which the load barely changes.
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
 with 8 flow pairs, batch 2). The clips are synthetic (flow3r_jax/data/synthetic.py): `--distinct_clips`
 are rendered once and repeated into `--clips` records in `--cache_dir`, reused by later runs.
@@ -72,21 +74,24 @@ def benchmark_shards() -> str:
     return str(out)
 
 
-def jpeg_decode_rate(shard_dir: str) -> float:
-    """Frames/s of decoding `num_frames` frames of every record in one process (records opened first)."""
+def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:
+    """Frames per second and per CPU second of decoding `num_frames` frames of every record in one
+    process (records opened first)."""
     records = ShardRecords([str(p) for p in sorted(pathlib.Path(shard_dir).glob("*.array_record"))])
     clips = [open_clip(records[k].data, records[k].where) for k in range(len(records))]
     rng = np.random.default_rng(0)
     chosen = [np.sort(rng.choice(c.num_frames, _NUM_FRAMES.value, replace=False)) for c in clips]
     decode_frames(clips[0], chosen[0])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for clip, frames in zip(clips, chosen, strict=True):
         decode_frames(clip, frames)
-    return len(clips) * _NUM_FRAMES.value / (time.perf_counter() - start)
+    frames = len(clips) * _NUM_FRAMES.value
+    return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu_start)
 
 
-def pipeline_rate(shard_dir: str, workers: int) -> float:
-    """Frames/s of the training iterator with `workers` Grain worker processes."""
+def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float]:
+    """Frames per second and per CPU second of this process of the training iterator with `workers`
+    Grain worker processes."""
     data_cfg = common.get_base_config().data
     data_cfg.update(sources=({"path": shard_dir},), num_frames=_NUM_FRAMES.value, pairs_per_sample=_PAIRS.value,
                     height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
@@ -94,25 +99,29 @@ def pipeline_rate(shard_dir: str, workers: int) -> float:
                                             process_count=1)
     for _ in range(_WARMUP.value):
         next(iterator)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(_BATCHES.value):
         next(iterator)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     iterator.close()
-    return _BATCHES.value * _BATCH.value * _NUM_FRAMES.value / elapsed
+    frames = _BATCHES.value * _BATCH.value * _NUM_FRAMES.value
+    return frames / elapsed, frames / cpu
 
 
 def main(argv) -> None:
     del argv
     shard_dir = benchmark_shards()
-    decode = jpeg_decode_rate(shard_dir)
-    print(f"JPEG decode, 1 process: {decode:.0f} frames/s of {_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
+    decode, decode_cpu = jpeg_decode_rate(shard_dir)
+    print(f"JPEG decode, 1 process: {decode:.0f} frames/s, {decode_cpu:.0f} frames per CPU second, of "
+          f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
     print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} pairs, output "
           f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
-    print(f"{'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12}")
+    print(f"{'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} {'CPU vs decode':>14}")
     for workers in (int(w) for w in _WORKERS.value):
-        rate = pipeline_rate(shard_dir, workers)
-        print(f"{workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f}")
+        rate, cpu_rate = pipeline_rate(shard_dir, workers)
+        cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
+        print(f"{workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} "
+              f"{cpu_ratio:>14}")
 
 
 if __name__ == "__main__":
