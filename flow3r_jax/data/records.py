@@ -140,7 +140,7 @@ def encode_frame(image: np.ndarray, image_format: str = "jpeg", jpeg_quality: in
     return buf.tobytes()
 
 
-def quantize_flow(flow_coords: np.ndarray) -> np.ndarray:
+def _quantize_flow(flow_coords: np.ndarray) -> np.ndarray:
     """(..., H, W, 2) NDC target coordinates -> (..., H, W, 2) int16 round(x * FLOW_NDC_SCALE)."""
     return np.rint(np.asarray(flow_coords, np.float64) * FLOW_NDC_SCALE).astype(np.int16)
 
@@ -150,7 +150,7 @@ def encode_clip(clip: Clip) -> bytes:
     _check_clip(clip, clip.source_id)
     if not np.all(np.isfinite(clip.flow_coords)) or np.abs(clip.flow_coords).max(initial=0.0) > FLOW_NDC_LIMIT:
         raise RecordError(f"{clip.source_id}: flow_coords must be finite with |x| <= {FLOW_NDC_LIMIT}")
-    delta = np.diff(quantize_flow(clip.flow_coords), axis=2, prepend=np.int16(0))
+    delta = np.diff(_quantize_flow(clip.flow_coords), axis=2, prepend=np.int16(0))
     fields = {"frames": [bytes(f) for f in clip.frames], "flow_coords": _compress_all(delta, "flow_coords"),
               "flow_mask": _compress_all(np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0), "flow_mask")}
     index = {"source_id": clip.source_id, "height": int(clip.height), "width": int(clip.width),
@@ -293,7 +293,7 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     height, width = index["height"], index["width"]
     blob_area = view[_HEADER.size + index_size:]
     blob_keys = ("frames",) + _PAIR_BLOBS + (_FRAME_BLOBS[1:] if labeled else ())
-    blobs = {k: _Blobs(k, table.get(k), blob_area, where) for k in blob_keys}
+    blobs = {k: _Blobs(k, table[k], blob_area, where) for k in blob_keys}
     fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width)) for k in blob_keys[1:]}
     record = ClipRecord(where=where, version=version, source_id=index["source_id"], frames=blobs["frames"],
                         height=height, width=width, normal_ok=bool(index["normal_ok"]), fields=fields, **small)
