@@ -1,5 +1,6 @@
-"""Clip record format: lossless/quantized round trip, version and corruption errors, real shard files."""
+"""Clip record format: version 2 round trip, version 1 reading, version and corruption errors, real shards."""
 
+import json
 import struct
 import zlib
 
@@ -8,11 +9,26 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from flow3r_jax.data.records import (
+    FLOW_NDC_LIMIT,
+    FLOW_NDC_SCALE,
+    RECORD_VERSION,
+    Clip,
+    RecordError,
+    decode_clip,
+    decode_frames,
+    encode_clip,
+    open_clip,
+    undelta_flow,
+)
+from flow3r_jax.data.samples import build_sample
+from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.shard_reader import read_clips
-from flow3r_jax.data.shard_writer import WRITER_OPTIONS, shard_filename
+from flow3r_jax.data.shard_writer import WRITER_OPTIONS, finished_shard, shard_filename, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
-from flow3r_jax.data.records import (FLOW_NDC_SCALE, RECORD_VERSION, Clip, RecordError, decode_clip,
-                                     decode_frames, encode_clip, open_clip)
+from flow3r_jax.data.transforms import random_color_jitter, random_crop
+
+_V2_HEADER = struct.Struct("<4sHII")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +45,52 @@ def unlabeled_clip(labeled):
                 flow_mask=np.zeros((0, labeled.height, labeled.width), np.float32))
 
 
+def encode_clip_v1(clip: Clip) -> bytes:
+    """The version 1 writer (records_v1.py documents the layout): one msgpack body, large fields as
+    byte-planed zlib streams."""
+    def pack(array, dtype, compress):
+        array = np.ascontiguousarray(np.asarray(array).astype(np.dtype(dtype)))
+        data = array.tobytes()
+        if compress:
+            planes = array.reshape(-1).view(np.uint8).reshape(-1, array.dtype.itemsize).T
+            data = zlib.compress(np.ascontiguousarray(planes).tobytes(), 1)
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "zlib": compress, "data": data}
+
+    quantized = np.rint(np.asarray(clip.flow_coords, np.float64) * FLOW_NDC_SCALE).astype(np.int16)
+    body = {"source_id": clip.source_id, "height": clip.height, "width": clip.width,
+            "timestamps": pack(clip.timestamps, "<f8", False), "frames": [bytes(f) for f in clip.frames],
+            "normal_ok": bool(clip.normal_ok), "flow_pairs": pack(clip.flow_pairs, "<i4", False),
+            "flow_coords": pack(np.diff(quantized, axis=2, prepend=np.int16(0)), "<i2", True),
+            "flow_mask": pack(np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0), "u1", True)}
+    if clip.is_labeled:
+        body.update(depth=pack(clip.depth, "<f2", True), intrinsics=pack(clip.intrinsics, "<f4", False),
+                    camera_poses=pack(clip.camera_poses, "<f4", False), valid_mask=pack(clip.valid_mask, "u1", True))
+    payload = msgpack.packb(body, use_bin_type=True)
+    return struct.pack("<4sHI", b"F3RC", 1, zlib.crc32(payload)) + payload
+
+
+def _index(data: bytes) -> tuple[dict, bytes]:
+    """(index map, blob area) of version 2 record bytes."""
+    size = _V2_HEADER.unpack_from(data)[3]
+    return msgpack.unpackb(data[_V2_HEADER.size:_V2_HEADER.size + size]), data[_V2_HEADER.size + size:]
+
+
+def _with_index(index: dict, blobs: bytes, version: int = RECORD_VERSION) -> bytes:
+    packed = msgpack.packb(index, use_bin_type=True)
+    return _V2_HEADER.pack(b"F3RC", version, zlib.crc32(packed), len(packed)) + packed + blobs
+
+
+def _assert_clips_equal(a: Clip, b: Clip) -> None:
+    assert a.source_id == b.source_id and a.normal_ok == b.normal_ok and list(a.frames) == list(b.frames)
+    for key in ("timestamps", "flow_pairs", "intrinsics", "camera_poses", "depth", "valid_mask", "flow_coords",
+                "flow_mask"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+
+
 def test_labeled_round_trip_within_stated_quantization(labeled_clip):
-    decoded = decode_clip(encode_clip(labeled_clip), "test#0")
+    data = encode_clip(labeled_clip)
+    assert struct.unpack_from("<H", data, 4)[0] == RECORD_VERSION == 2
+    decoded = decode_clip(data, "test#0")
     assert decoded.source_id == labeled_clip.source_id and decoded.is_labeled and decoded.normal_ok
     assert decoded.frames == labeled_clip.frames
     np.testing.assert_array_equal(decoded.timestamps, labeled_clip.timestamps)
@@ -43,6 +103,16 @@ def test_labeled_round_trip_within_stated_quantization(labeled_clip):
     assert np.abs(decoded.flow_coords - labeled_clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-7
     assert np.abs(decoded.flow_mask - labeled_clip.flow_mask).max() <= 0.5 / 255 + 1e-7
     assert decoded.depth.dtype == np.float32 and decoded.flow_coords.dtype == np.float32
+
+
+def test_flow_running_sum_wraps_like_int16(labeled_clip):
+    deltas = np.random.default_rng(0).integers(-32768, 32768, (2, 3, 600, 2)).astype(np.int16)
+    np.testing.assert_array_equal(undelta_flow(deltas), np.cumsum(deltas, axis=2, dtype=np.int16))
+    extremes = np.where(np.indices(labeled_clip.flow_coords.shape).sum(0) % 2, FLOW_NDC_LIMIT, -FLOW_NDC_LIMIT)
+    clip = Clip(**{**labeled_clip.__dict__, "flow_coords": extremes.astype(np.float32)})  # deltas wrap around
+    for encode in (encode_clip, encode_clip_v1):
+        decoded = decode_clip(encode(clip))
+        assert np.abs(decoded.flow_coords - clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-6
 
 
 def test_unlabeled_round_trip(labeled_clip):
@@ -62,14 +132,15 @@ def test_decode_frames_png_is_exact(labeled_clip):
         decode_frames(labeled_clip, [4])
 
 
-def test_selective_decoding_equals_full_decoding(labeled_clip):
-    data = encode_clip(labeled_clip)
+@pytest.mark.parametrize("encode", [encode_clip, encode_clip_v1], ids=["v2", "v1"])
+def test_selective_decoding_equals_full_decoding(labeled_clip, encode):
+    data = encode(labeled_clip)
     full = decode_clip(data, "sel#0")
     record = open_clip(data, "sel#0")
     assert record.num_frames == 4 and record.is_labeled and record.normal_ok == full.normal_ok
     for key in ("timestamps", "flow_pairs", "intrinsics", "camera_poses"):
         np.testing.assert_array_equal(getattr(record, key), getattr(full, key), err_msg=key)
-    for frames in ([2, 0], [1], [3], [0, 1, 2, 3], []):  # partial inflation, whole planes, nothing
+    for frames in ([2, 0], [1], [3], [0, 1, 2, 3], []):
         depth, valid = record.decode_depth(frames), record.decode_valid_mask(frames)
         assert depth.dtype == np.float32 and valid.dtype == np.bool_
         np.testing.assert_array_equal(depth, full.depth[frames])
@@ -83,52 +154,87 @@ def test_selective_decoding_equals_full_decoding(labeled_clip):
     with pytest.raises(RecordError, match=r"sel#0: depth index out of range \[0, 4\)"):
         record.decode_depth([4])
     with pytest.raises(RecordError, match="sel#0: the record has no depth"):
-        open_clip(encode_clip(unlabeled_clip(labeled_clip)), "sel#0").decode_depth([0])
+        open_clip(encode(unlabeled_clip(labeled_clip)), "sel#0").decode_depth([0])
 
 
-def test_truncated_field_inside_a_valid_record_is_rejected_on_selective_decoding(labeled_clip):
-    body = msgpack.unpackb(encode_clip(labeled_clip)[10:])
-    body["depth"]["data"] = body["depth"]["data"][: len(body["depth"]["data"]) // 4]
-    record = open_clip(_reheader(b"", RECORD_VERSION, msgpack.packb(body)), "cut#7")
-    for frames in ([0], [3]):
-        with pytest.raises(RecordError, match="cut#7: field 'depth' cannot be decoded"):
-            record.decode_depth(frames)
+def test_version_1_records_decode_to_the_version_2_values(labeled_clip):
+    for clip in (labeled_clip, unlabeled_clip(labeled_clip)):
+        old, new = encode_clip_v1(clip), encode_clip(clip)
+        assert struct.unpack_from("<H", old, 4)[0] == 1
+        assert open_clip(old, "v1#0").version == 1 and open_clip(new, "v2#0").version == 2
+        _assert_clips_equal(decode_clip(old, "v1#0"), decode_clip(new, "v2#0"))
 
 
-def _reheader(data: bytes, version: int, body: bytes | None = None) -> bytes:
-    body = data[10:] if body is None else body
-    return struct.pack("<4sHI", b"F3RC", version, zlib.crc32(body)) + body
+def test_version_1_and_2_records_give_identical_samples(labeled_clip):
+    records = [open_clip(encode_clip_v1(labeled_clip), "v1#0"), open_clip(encode_clip(labeled_clip), "v2#0")]
+    for index in range(3):
+        rng = sample_rng(7, index)
+        selection = select_frames_and_pairs(4, labeled_clip.flow_pairs, 3, 2, rng)
+        crop = random_crop((28, 42), (14, 28), (0.6, 1.0), rng)
+        jitter = random_color_jitter(rng, 0.2, 0.2, 0.2, 0.02)
+        old, new = (build_sample(r, selection, crop, jitter, True, r.where) for r in records)
+        for key in old:
+            np.testing.assert_array_equal(old[key], new[key], err_msg=key)
 
 
 def test_unknown_version_is_rejected(labeled_clip):
-    data = _reheader(encode_clip(labeled_clip), RECORD_VERSION + 1)
-    with pytest.raises(RecordError, match=rf"shard-x#3: unsupported record version {RECORD_VERSION + 1}"):
-        decode_clip(data, "shard-x#3")
+    index, blobs = _index(encode_clip(labeled_clip))
+    for version in (0, RECORD_VERSION + 1):
+        with pytest.raises(RecordError, match=rf"shard-x#3: unsupported record version {version}; this reader "
+                                              r"handles versions \[1, 2\]"):
+            decode_clip(_with_index(index, blobs, version), "shard-x#3")
+
+
+def test_corrupt_blob_names_record_and_field(labeled_clip):
+    data = encode_clip(labeled_clip)
+    index, blobs = _index(data)
+    start = len(data) - len(blobs)
+    for field, entry in (("depth", 2), ("flow_coords", 1), ("frames", 3), ("valid_mask", 0)):
+        offset, size, _ = index["blobs"][field][entry]
+        flipped = bytearray(data)
+        flipped[start + offset + size // 2] ^= 0x5A
+        record = open_clip(bytes(flipped), "shard#5")  # the index is intact; only that blob is damaged
+        with pytest.raises(RecordError, match=rf"shard#5: {field}\[{entry}\]: checksum mismatch"):
+            decode_clip(bytes(flipped), "shard#5")
+        others = [k for k in range(len(index["blobs"][field])) if k != entry]
+        if field == "depth":  # the other entries of the damaged field still decode
+            np.testing.assert_array_equal(record.decode_depth(others), decode_clip(data).depth[others])
+    bad = zlib.compress(b"x")  # right checksum, not a zstd frame
+    index["blobs"]["depth"][0] = [len(blobs), len(bad), zlib.crc32(bad)]
+    with pytest.raises(RecordError, match=r"r#3: depth\[0\] cannot be decompressed"):
+        open_clip(_with_index(index, blobs + bad), "r#3").decode_depth([0])
 
 
 def test_truncated_and_corrupted_records_are_rejected(labeled_clip):
     data = encode_clip(labeled_clip)
-    with pytest.raises(RecordError, match="s#1: checksum mismatch"):
+    with pytest.raises(RecordError, match=r"s#1: \w+\[\d+\] lies outside the record"):
         decode_clip(data[: len(data) // 2], "s#1")
     with pytest.raises(RecordError, match="s#2: truncated record"):
         decode_clip(data[:5], "s#2")
     flipped = bytearray(data)
-    flipped[len(data) // 3] ^= 0xFF
-    with pytest.raises(RecordError, match="s#4: checksum mismatch"):
+    flipped[_V2_HEADER.size + 3] ^= 0xFF
+    with pytest.raises(RecordError, match="s#4: index checksum mismatch"):
         decode_clip(bytes(flipped), "s#4")
     with pytest.raises(RecordError, match="s#5: not a clip record"):
         decode_clip(b"JUNK" + data[4:], "s#5")
+    old = encode_clip_v1(labeled_clip)
+    with pytest.raises(RecordError, match="s#6: checksum mismatch"):
+        decode_clip(old[: len(old) // 2], "s#6")
 
 
 def test_missing_keys_and_bad_shapes_are_rejected(labeled_clip):
-    body = msgpack.unpackb(encode_clip(labeled_clip)[10:])
-    del body["flow_mask"]
-    with pytest.raises(RecordError, match=r"r#0: missing keys \['flow_mask'\]"):
-        decode_clip(_reheader(b"", RECORD_VERSION, msgpack.packb(body)), "r#0")
-    body = msgpack.unpackb(encode_clip(labeled_clip)[10:])
-    del body["depth"]
+    index, blobs = _index(encode_clip(labeled_clip))
+    del index["timestamps"]
+    with pytest.raises(RecordError, match=r"r#0: missing keys \['timestamps'\]"):
+        decode_clip(_with_index(index, blobs), "r#0")
+    index, blobs = _index(encode_clip(labeled_clip))
+    del index["blobs"]["depth"]
     with pytest.raises(RecordError, match="all present or all absent"):
-        decode_clip(_reheader(b"", RECORD_VERSION, msgpack.packb(body)), "r#1")
+        decode_clip(_with_index(index, blobs), "r#1")
+    index, blobs = _index(encode_clip(labeled_clip))
+    index["blobs"]["flow_mask"].pop()
+    with pytest.raises(RecordError, match=r"r#2: flow_mask has shape \(2, 28, 42\), expected \(3, 28, 42\)"):
+        decode_clip(_with_index(index, blobs), "r#2")
     bad = Clip(**{**labeled_clip.__dict__, "flow_mask": labeled_clip.flow_mask[:, :-1]})
     with pytest.raises(RecordError, match=r"flow_mask has shape \(3, 27, 42\), expected \(3, 28, 42\)"):
         encode_clip(bad)
@@ -140,16 +246,30 @@ def test_missing_keys_and_bad_shapes_are_rejected(labeled_clip):
         encode_clip(bad)
 
 
-def test_corrupt_record_in_a_real_shard_names_shard_and_index(tmp_path, labeled_clip):
+def test_shards_hold_current_version_records_only(tmp_path, labeled_clip):
+    with pytest.raises(RecordError, match="old#0: record version 1; shards are written in version 2 only"):
+        write_shard(tmp_path, "test", 0, 1, [("old#0", encode_clip_v1(labeled_clip))], build={})
+    assert not list(tmp_path.glob("*.array_record"))
+    entry = write_shard(tmp_path, "test", 0, 1, [("new#0", encode_clip(labeled_clip))], build={"b": 1})
+    assert entry["record_version"] == RECORD_VERSION
+    assert finished_shard(tmp_path, "test", 0, 1, {"b": 1}) == entry
+    entry_path = tmp_path / (entry["file"] + ".json")
+    entry_path.write_text(json.dumps({**entry, "record_version": 1}))  # built by an older version: rebuild
+    assert finished_shard(tmp_path, "test", 0, 1, {"b": 1}) is None
+
+
+def test_corrupt_record_in_a_real_shard_names_shard_index_and_field(tmp_path, labeled_clip):
     name = shard_filename("test", 0, 1)
     good = encode_clip(labeled_clip)
+    damaged = bytearray(good)
+    damaged[-10] ^= 0xFF  # inside the last blob, valid_mask[3]
     writer = ArrayRecordWriter(str(tmp_path / name), WRITER_OPTIONS)
-    writer.write(good)
-    writer.write(good[: len(good) - 100])
+    for record in (good, bytes(damaged)):
+        writer.write(record)
     writer.close()
     clips = read_clips(tmp_path / name)
     assert next(clips).source_id == labeled_clip.source_id
-    with pytest.raises(RecordError, match=rf"{name}#1: checksum mismatch"):
+    with pytest.raises(RecordError, match=rf"{name}#1: valid_mask\[3\]: checksum mismatch"):
         next(clips)
 
 

@@ -1,117 +1,128 @@
-"""Data-side throughput figures. Each section is one function; run all or pick with --section.
+"""Input pipeline throughput against the JPEG decode bound.
 
-pipeline: clips/s and frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py) per worker
-count, against the pure JPEG decode rate of the same frames in one process (the physical bound of a
-single process; with W workers the bound is about W times higher on W free cores).
-pseudo_flow: flow fields/s of the pseudo-flow estimators (data_pipelines/pseudo_flow.py, one direction,
-one process) and their end-point error against the exact flow of synthetic clips, per frame gap.
+Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py) per worker count, the pure
+JPEG decode rate of the same frames in one process (the bound of one process: a sample cannot be built
+faster than its frames decode), and their ratio, overall and per process (workers, or 1 without). On a
+shared machine wall-clock rates move with the load; the CPU column compares frames per CPU second of
+this process instead (pipeline without workers against decode), which the load barely changes.
+Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
+with 8 flow pairs, batch 2). The clips are synthetic (flow3r_jax/data/synthetic.py): `--distinct_clips`
+are rendered once and repeated into `--clips` records in `--cache_dir`, reused by later runs.
+
+    python tools/benchmark_data.py --workers=0,1,2
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
+import json
 import os
 import pathlib
 import tempfile
 import time
 
-
 import numpy as np
+from absl import app, flags
 
+from configs import common
 from flow3r_jax.data import pipeline
-from flow3r_jax.data.records import decode_clip, decode_frames
+from flow3r_jax.data.records import decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
+from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
+from flow3r_jax.data.synthetic import synthetic_record
+from flow3r_jax.files import atomic_directory
+
+_CACHE_DIR = flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "flow3r_jax_benchmark_data"),
+                                 "folder of the benchmark shards (built on first use)")
+_CLIPS = flags.DEFINE_integer("clips", 32, "records in the benchmark shards")
+_DISTINCT_CLIPS = flags.DEFINE_integer("distinct_clips", 2, "rendered clips the records cycle through")
+_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 8, "frames per stored clip")
+_CLIP_HEIGHT = flags.DEFINE_integer("clip_height", 392, "stored frame height")
+_CLIP_WIDTH = flags.DEFINE_integer("clip_width", 518, "stored frame width")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "frames per sample")
+_PAIRS = flags.DEFINE_integer("pairs", 8, "flow pairs per sample (the clips store twice as many)")
+_HEIGHT = flags.DEFINE_integer("height", 378, "sample height")
+_WIDTH = flags.DEFINE_integer("width", 504, "sample width")
+_BATCH = flags.DEFINE_integer("batch", 2, "samples per batch")
+_BATCHES = flags.DEFINE_integer("batches", 10, "timed batches per worker count")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "batches before timing")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time")
 
 
-def benchmark_pipeline(args) -> None:
-    """Print a table: worker count, clips/s, frames/s, ratio to the single-process JPEG decode rate."""
-    cfg = dict(cache_dir=args.cache_dir, num_frames=args.num_frames, pairs_per_sample=args.pairs,
-               height=args.height, width=args.width, num_train_clips=args.clips, num_eval_clips=2,
-               synthetic_height=args.clip_height, synthetic_width=args.clip_width,
-               synthetic_frames_per_clip=args.clip_frames, synthetic_num_shards=4)
+def benchmark_shards() -> str:
+    """Folder of the benchmark shards, built once per setting: `clips` records cycling through
+    `distinct_clips` rendered clips, 4 shards."""
+    build = {"kind": "benchmark", "clips": _CLIPS.value, "distinct_clips": _DISTINCT_CLIPS.value,
+             "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value, "width": _CLIP_WIDTH.value,
+             "pairs": 2 * _PAIRS.value}
+    digest = hashlib.sha1(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
+    out = pathlib.Path(_CACHE_DIR.value) / f"benchmark-{digest}"
+    if out.is_dir() and complete_manifest(out, build) is not None:
+        return str(out)
     start = time.perf_counter()
-    train_dir = pipeline.ensure_synthetic_dataset(cfg)[-1]
-    print(f"synthetic shards ready in {time.perf_counter() - start:.1f}s: {train_dir}")
+    rendered = [encode_clip(synthetic_record(seed, build["height"], build["width"], build["frames"], build["pairs"],
+                                             dynamic=seed % 2 == 1))
+                for seed in range(build["distinct_clips"])]
+    num_shards = min(4, build["clips"])
+    with atomic_directory(str(out)) as tmp:
+        entries = [write_shard(tmp, "bench", shard, num_shards,
+                               [(f"clip{k}", rendered[k % len(rendered)])
+                                for k in range(shard, build["clips"], num_shards)], build)
+                   for shard in range(num_shards)]
+        write_manifest(tmp, "bench", entries, build)
+    print(f"benchmark shards built in {time.perf_counter() - start:.0f}s: {out}")
+    return str(out)
 
-    records = ShardRecords([str(p) for p in sorted(pathlib.Path(train_dir).glob("*.array_record"))])
-    clips = [decode_clip(records[k].data, records[k].where) for k in range(len(records))]
+
+def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:
+    """Frames per second and per CPU second of decoding `num_frames` frames of every record in one
+    process (records opened first)."""
+    records = ShardRecords([str(p) for p in sorted(pathlib.Path(shard_dir).glob("*.array_record"))])
+    clips = [open_clip(records[k].data, records[k].where) for k in range(len(records))]
     rng = np.random.default_rng(0)
-    chosen = [np.sort(rng.choice(c.num_frames, args.num_frames, replace=False)) for c in clips]
-    start = time.perf_counter()
-    for clip, frames in zip(clips, chosen):
+    chosen = [np.sort(rng.choice(c.num_frames, _NUM_FRAMES.value, replace=False)) for c in clips]
+    decode_frames(clips[0], chosen[0])
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for clip, frames in zip(clips, chosen, strict=True):
         decode_frames(clip, frames)
-    decode_fps = len(clips) * args.num_frames / (time.perf_counter() - start)
-
-    print(f"\nJPEG decode (1 process): {decode_fps:.1f} frames/s of {args.clip_height}x{args.clip_width}")
-    print(f"pipeline: batch {args.batch} x {args.num_frames} frames, {args.pairs} pairs, output "
-          f"{args.height}x{args.width}, {args.batches} batches after {args.warmup} warm-up")
-    print(f"{'workers':>8} {'clips/s':>10} {'frames/s':>10} {'vs decode':>10}")
-    for workers in args.workers:
-        iterator = pipeline.make_train_iterator(cfg | {"worker_count": workers}, global_batch_size=args.batch,
-                                                seed=0, process_index=0, process_count=1)
-        for _ in range(args.warmup):
-            next(iterator)
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            next(iterator)
-        clips_per_s = args.batches * args.batch / (time.perf_counter() - start)
-        iterator.close()
-        frames_per_s = clips_per_s * args.num_frames
-        print(f"{workers:>8d} {clips_per_s:>10.1f} {frames_per_s:>10.1f} {frames_per_s / decode_fps:>10.2f}")
+    frames = len(clips) * _NUM_FRAMES.value
+    return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu_start)
 
 
-def benchmark_pseudo_flow(args) -> None:
-    """Print a table: estimator, frame gap, flow fields/s, EPE on co-visible pixels and on kept pixels,
-    fraction of co-visible pixels the forward-backward mask keeps, fraction of occluded pixels it keeps."""
-    from data_pipelines.pseudo_flow import estimator_epe, make_estimator
-    from flow3r_jax.data.synthetic import generate_clip
-
-    clips = [generate_clip(seed, args.clip_height, args.clip_width, args.clip_frames, dynamic=seed % 2 == 1)
-             for seed in range(args.flow_clips)]
-    print(f"{args.flow_clips} synthetic clips of {args.clip_height}x{args.clip_width} (half dynamic)")
-    print(f"{'estimator':>14} {'gap':>4} {'fields/s':>9} {'EPE px':>7} {'EPE kept':>9} {'kept':>6} {'occl kept':>10}")
-    for preset in args.dis_presets:
-        estimator = make_estimator("dis", preset=preset)
-        start = time.perf_counter()
-        for clip in clips:
-            for i in range(args.clip_frames - 1):
-                estimator(clip.images[i], clip.images[i + 1])
-        fields_per_s = len(clips) * (args.clip_frames - 1) / (time.perf_counter() - start)
-        for gap in args.flow_gaps:
-            pairs = [(i, i + gap) for i in range(0, args.clip_frames - gap, gap)]
-            stats = estimator_epe(estimator, clips, pairs)
-            print(f"{'dis/' + preset:>14} {gap:>4d} {fields_per_s:>9.1f} {stats['epe']:>7.2f} "
-                  f"{stats['epe_kept']:>9.2f} {stats['kept_fraction']:>6.2f} {stats['occluded_kept']:>10.2f}")
+def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float]:
+    """Frames per second and per CPU second of this process of the training iterator with `workers`
+    Grain worker processes."""
+    data_cfg = common.get_base_config().data
+    data_cfg.update(sources=({"path": shard_dir},), num_frames=_NUM_FRAMES.value, pairs_per_sample=_PAIRS.value,
+                    height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
+    iterator = pipeline.make_train_iterator(data_cfg, global_batch_size=_BATCH.value, seed=0, process_index=0,
+                                            process_count=1)
+    for _ in range(_WARMUP.value):
+        next(iterator)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(_BATCHES.value):
+        next(iterator)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    iterator.close()
+    frames = _BATCHES.value * _BATCH.value * _NUM_FRAMES.value
+    return frames / elapsed, frames / cpu
 
 
-SECTIONS = {"pipeline": benchmark_pipeline, "pseudo_flow": benchmark_pseudo_flow}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=sorted(SECTIONS), action="append",
-                        help="sections to run (default: all)")
-    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "flow3r_jax_benchmark_data"))
-    parser.add_argument("--clips", type=int, default=32)
-    parser.add_argument("--clip_frames", type=int, default=8)
-    parser.add_argument("--clip_height", type=int, default=168)
-    parser.add_argument("--clip_width", type=int, default=224)
-    parser.add_argument("--num_frames", type=int, default=4)
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--height", type=int, default=126)
-    parser.add_argument("--width", type=int, default=168)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--flow_clips", type=int, default=8, help="pseudo_flow: synthetic clips evaluated")
-    parser.add_argument("--flow_gaps", type=int, nargs="+", default=[1, 2, 4], help="pseudo_flow: frame gaps")
-    parser.add_argument("--dis_presets", nargs="+", default=["fast", "medium"], help="pseudo_flow: DIS presets")
-    args = parser.parse_args()
-    for name in args.section or sorted(SECTIONS):
-        print(f"== {name} ==")
-        SECTIONS[name](args)
+def main(argv) -> None:
+    del argv
+    shard_dir = benchmark_shards()
+    decode, decode_cpu = jpeg_decode_rate(shard_dir)
+    print(f"JPEG decode, 1 process: {decode:.0f} frames/s, {decode_cpu:.0f} frames per CPU second, of "
+          f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
+    print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} pairs, output "
+          f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
+    print(f"{'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} {'CPU vs decode':>14}")
+    for workers in (int(w) for w in _WORKERS.value):
+        rate, cpu_rate = pipeline_rate(shard_dir, workers)
+        cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
+        print(f"{workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} "
+              f"{cpu_ratio:>14}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

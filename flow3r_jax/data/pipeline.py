@@ -44,6 +44,7 @@ from flow3r_jax.data.samples import build_sample
 from flow3r_jax.data.shard_reader import RawRecord, ShardRecords
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.transforms import center_crop, random_color_jitter, random_crop
+from flow3r_jax.data.worker_memory import keep_freed_memory
 
 MAX_CONSECUTIVE_CORRUPT = 16
 SHUFFLE_STREAM = 3
@@ -79,6 +80,7 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     if global_batch_size % process_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count "
                          f"{process_count}")
+    keep_freed_memory()  # this process and the Grain workers (flow3r_jax/data/worker_memory.py)
     sources = resolve_sources(data_cfg, data_cfg.sources)
     readers = [ShardRecords(list(s.paths)) for s in sources]
     builder = _SampleBuilder(readers, [s.labeled for s in sources], _sample_spec(data_cfg, train=True),

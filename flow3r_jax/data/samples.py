@@ -20,7 +20,7 @@ import numpy as np
 
 from flow3r_jax.data.records import ClipRecord, RecordError, decode_frames
 from flow3r_jax.data.sampling import FrameSelection
-from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow
+from flow3r_jax.data.transforms import ColorJitter, CropResize, apply_color_jitter, transform_flow, world_points
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 
 # The sample contract: key -> (shape in terms of N frames, S pairs, H, W; dtype).
@@ -82,21 +82,14 @@ def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, 
 
 
 def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
-    rows, cols = crop.nearest_source_index()
-    at_output = (slice(None), rows[:, None], cols[None, :])
-    depth = clip.decode_depth(frames)[at_output]
-    valid = clip.decode_valid_mask(frames)[at_output] & np.isfinite(depth) & (depth > 0)
-    depth = np.where(valid, depth, 0.0).astype(np.float32)
+    depth = crop.sample_nearest(clip.decode_depth_float16(frames)).astype(np.float32)
+    valid = crop.sample_nearest(clip.decode_valid_mask(frames))
+    valid &= depth > 0
+    valid &= depth < np.inf
+    np.copyto(depth, 0.0, where=~valid)
     intrinsics = clip.intrinsics[frames].astype(np.float64)
     poses = clip.camera_poses[frames].astype(np.float64)
-    pixel_to_world = poses[:, :3, :3] @ np.linalg.inv(intrinsics)  # (N, 3, 3): [x, y, 1] -> world ray
-    world = np.empty(depth.shape + (3,), np.float32)
-    for axis in range(3):  # ray component = a_x * col + a_y * row + a_1, built separably over rows and cols
-        along_cols = pixel_to_world[:, axis, 0, None] * cols
-        along_rows = pixel_to_world[:, axis, 1, None] * rows
-        ray = along_cols[:, None, :] + along_rows[:, :, None] + pixel_to_world[:, axis, 2, None, None]
-        world[..., axis] = ray * depth + poses[:, axis, 3, None, None]
-    world[~valid] = 0.0
+    world = world_points(depth, valid, *crop.nearest_source_index(), intrinsics, poses)
     return {"depth": depth, "valid_mask": valid, "points": world, "camera_poses": poses.astype(np.float32),
             "intrinsics": crop.transform_intrinsics(intrinsics), "is_labeled": np.asarray(True)}
 
@@ -115,14 +108,13 @@ def _no_labels(num_frames: int, source_hw: tuple[int, int], crop: CropResize) ->
 
 
 def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
+    stored = pair_rows >= 0
+    coords, masks = transform_flow(*clip.decode_flow_quantized(pair_rows[stored]), (clip.height, clip.width), crop)
+    if stored.all():
+        return coords, masks
     height, width = crop.out_height, crop.out_width
-    identity = pixel_to_ndc(pixel_grid(height, width, np), height, width).astype(np.float32)
-    coords = np.empty((len(pair_rows), height, width, 2), np.float32)
-    masks = np.zeros((len(pair_rows), height, width), np.float32)
-    stored = np.flatnonzero(pair_rows >= 0)
-    stored_coords, stored_masks = clip.decode_flow(pair_rows[stored])
-    coords[pair_rows < 0] = identity
-    for k, slot in enumerate(stored):
-        coords[slot], masks[slot] = transform_flow(stored_coords[k], stored_masks[k],
-                                                   (clip.height, clip.width), crop, crop)
-    return coords, masks
+    all_coords = np.empty((len(pair_rows), height, width, 2), np.float32)
+    all_masks = np.zeros((len(pair_rows), height, width), np.float32)
+    all_coords[~stored] = pixel_to_ndc(pixel_grid(height, width, np), height, width)
+    all_coords[stored], all_masks[stored] = coords, masks
+    return all_coords, all_masks

@@ -2,10 +2,12 @@
 
 Layout of a dataset directory::
 
-    <prefix>-NNNNN-of-MMMMM.array_record        one clip record per entry (flow3r_jax.data.records),
+    <prefix>-NNNNN-of-MMMMM.array_record        one clip record per entry (flow3r_jax.data.records, version
+                                               RECORD_VERSION; other versions are refused),
                                                written with options "group_size:1" (random access)
     <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources,
-                                               failures (inputs that produced nothing, and why), build
+                                               failures (inputs that produced nothing, and why), build,
+                                               record_version (shards of another version are rebuilt)
     manifest.json                              written last: record_version, prefix, num_shards,
                                                total_records, build, num_failures, failures, sources,
                                                shards (file, num_records, sha256 of each)
@@ -26,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from flow3r_jax.data.records import RECORD_VERSION
+from flow3r_jax.data.records import RECORD_VERSION, RecordError, record_version
 from flow3r_jax.files import atomic_path, atomic_write
 
 MANIFEST_NAME = "manifest.json"
@@ -49,7 +51,8 @@ def file_sha256(path: pathlib.Path) -> str:
 def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iterable[tuple[str, bytes]],
                 build: dict, failures: list[dict] | None = None) -> dict:
     """Write (source_id, record bytes) pairs as shard `index` plus its entry file; returns the entry.
-    `failures` ({"source", "error"} of inputs of this shard that produced nothing) go into the entry."""
+    `failures` ({"source", "error"} of inputs of this shard that produced nothing) go into the entry.
+    Records must be of the current RECORD_VERSION (`records.encode_clip`); RecordError otherwise."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / shard_filename(prefix, index, num_shards)
@@ -58,24 +61,30 @@ def write_shard(out_dir, prefix: str, index: int, num_shards: int, records: Iter
         writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
         try:
             for source_id, record in records:
+                version = record_version(record, source_id)
+                if version != RECORD_VERSION:
+                    raise RecordError(f"{source_id}: record version {version}; shards are written in "
+                                      f"version {RECORD_VERSION} only")
                 writer.write(record)
                 sources.append(source_id)
         finally:
             writer.close()
     entry = {"file": path.name, "num_records": len(sources), "sha256": file_sha256(path),
-             "sources": sources, "failures": failures or [], "build": build}
+             "sources": sources, "failures": failures or [], "build": build, "record_version": RECORD_VERSION}
     atomic_write(path.with_name(path.name + ".json"), json.dumps(entry, indent=1))
     return entry
 
 
 def finished_shard(out_dir, prefix: str, index: int, num_shards: int, build: dict) -> dict | None:
-    """The entry of shard `index` if its file and entry exist, match each other and `build`; else None."""
+    """The entry of shard `index` if its file and entry exist, match each other, `build` and the current
+    RECORD_VERSION; else None."""
     path = pathlib.Path(out_dir) / shard_filename(prefix, index, num_shards)
     entry_path = path.with_name(path.name + ".json")
     if not (path.exists() and entry_path.exists()):
         return None
     entry = json.loads(entry_path.read_text())
-    if entry.get("build") != build or entry.get("sha256") != file_sha256(path):
+    if (entry.get("build") != build or entry.get("record_version") != RECORD_VERSION
+            or entry.get("sha256") != file_sha256(path)):
         return None
     return entry
 

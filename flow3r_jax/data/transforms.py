@@ -1,4 +1,4 @@
-"""Crop/resize and photometric transforms of one sample's frames and labels (numpy, per sample).
+"""Crop/resize and photometric transforms of one sample's frames and labels (numpy + OpenCV, whole clips).
 
 Pixel convention: (0, 0) is the centre of the top-left pixel, so pixel (x, y) covers the square
 [x - 0.5, x + 0.5] x [y - 0.5, y + 0.5]. A `CropResize` takes the integer-aligned window
@@ -10,16 +10,24 @@ which is exactly the mapping OpenCV's `resize` uses. Images are resampled with a
 shrinking and bilinearly when enlarging; labels (depth, validity, world points, flow targets, flow masks)
 take the value of the nearest source pixel, so no label is ever blended across a depth edge. Intrinsics
 and flow target coordinates go through the same affine map.
+
+Speed: every function works on all frames / pairs of a sample at once and runs each step as one OpenCV
+or numpy pass (colour jitter is one 3 x 4 colour transform per frame, world points one 3 x 3 transform,
+flow one scale-and-offset of the stored integers). These passes are float32 where the step-by-step
+formulas were evaluated in float64 or in several float32 steps, so results differ from those by float32
+rounding (about 1e-6 relative); label selection (nearest pixels, masks, validity) is exact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 
 import cv2
 import numpy as np
 
-from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_to_ndc
+from flow3r_jax.data.records import FLOW_NDC_SCALE
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
@@ -49,16 +57,6 @@ class CropResize:
                          [0.0, sy, (0.5 - self.y0) * sy - 0.5],
                          [0.0, 0.0, 1.0]])
 
-    def map_pixels(self, coords_px: np.ndarray) -> np.ndarray:
-        """(..., 2) source pixel (x, y) -> (..., 2) output pixel (x, y), float32."""
-        out = np.add(coords_px, np.float32(0.5), dtype=np.float32)
-        for axis, (offset, scale) in enumerate(zip((self.x0, self.y0), self.scale)):
-            coord = out[..., axis]
-            coord -= np.float32(offset)
-            coord *= np.float32(scale)
-        out -= np.float32(0.5)
-        return out
-
     def transform_intrinsics(self, intrinsics: np.ndarray) -> np.ndarray:
         """(..., 3, 3) source intrinsics -> (..., 3, 3) float32 intrinsics of the output image."""
         return (self.affine() @ intrinsics.astype(np.float64)).astype(np.float32)
@@ -72,9 +70,18 @@ class CropResize:
                 np.clip(cols, self.x0, self.x0 + self.crop_width - 1))
 
     def sample_nearest(self, array: np.ndarray) -> np.ndarray:
-        """(n, H_src, W_src, ...) labels -> (n, out_height, out_width, ...) nearest-pixel samples."""
+        """(n, H_src, W_src, ...) labels -> (n, out_height, out_width, ...) nearest-pixel samples. The
+        values of one pixel are moved as one unsigned integer of their combined size when there is one."""
         rows, cols = self.nearest_source_index()
-        return array.take(rows, axis=1).take(cols, axis=2)
+        pixel_bytes = array.dtype.itemsize * math.prod(array.shape[3:])
+        unit = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(pixel_bytes)
+        if unit is None or not array.flags.c_contiguous:
+            return array.take(rows, axis=1).take(cols, axis=2)
+        pixels = array.view(unit).reshape(array.shape[:3])
+        out = np.empty((array.shape[0], self.out_height, self.out_width), unit)
+        for k, plane in enumerate(pixels):
+            out[k] = plane[rows][:, cols]
+        return out.view(array.dtype).reshape(out.shape + array.shape[3:])
 
     def resize_images(self, frames: np.ndarray) -> np.ndarray:
         """(n, H_src, W_src, 3) uint8 -> (n, out_height, out_width, 3) float32 in [0, 1]."""
@@ -83,8 +90,9 @@ class CropResize:
         out = np.empty((frames.shape[0], self.out_height, self.out_width, 3), np.float32)
         for k, frame in enumerate(frames):
             window = frame[self.y0:self.y0 + self.crop_height, self.x0:self.x0 + self.crop_width]
-            out[k] = cv2.resize(window, (self.out_width, self.out_height), interpolation=interpolation)
-        return out * np.float32(1.0 / 255.0)
+            resized = cv2.resize(window, (self.out_width, self.out_height), interpolation=interpolation)
+            np.multiply(resized, np.float32(1.0 / 255.0), out=out[k])
+        return out
 
 
 def random_crop(source_hw: tuple[int, int], out_hw: tuple[int, int], scale_range: tuple[float, float],
@@ -113,21 +121,52 @@ def _crop(source_hw, out_hw, scale: float, rng) -> CropResize:
 
 
 def transform_flow(flow_coords: np.ndarray, flow_mask: np.ndarray, source_hw: tuple[int, int],
-                   source_crop: CropResize, target_crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
-    """Flow targets of one pair through the crops of its source and target frames.
+                   crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
+    """Stored flow targets of s pairs through the crop shared by their source and target frames.
 
-    flow_coords (H_src, W_src, 2) NDC of the target frame at source size, flow_mask (H_src, W_src).
-    Returns coords (H_out, W_out, 2) float32 in NDC of the cropped target frame and mask (H_out, W_out)
-    float32, zero where the target point leaves the cropped target image.
+    flow_coords (s, H_src, W_src, 2) int16 NDC x FLOW_NDC_SCALE of the target frame at source size,
+    flow_mask (s, H_src, W_src) uint8 confidence x 255 (records.ClipRecord.decode_flow_quantized).
+    Returns coords (s, H_out, W_out, 2) float32 in NDC of the cropped target frame and mask (s, H_out,
+    W_out) float32 in [0, 1], zero where the target point leaves the cropped target image
+    (-0.5 <= x <= W_out - 0.5, same for y), decided exactly on the stored integers.
     """
-    coords_ndc = source_crop.sample_nearest(flow_coords[None])[0]
-    mask = source_crop.sample_nearest(flow_mask[None])[0]
-    target_px = target_crop.map_pixels(ndc_to_pixel(coords_ndc, *source_hw))
-    height, width = target_crop.out_height, target_crop.out_width
-    inside = ((target_px[..., 0] >= -0.5) & (target_px[..., 0] <= width - 0.5)
-              & (target_px[..., 1] >= -0.5) & (target_px[..., 1] <= height - 0.5))
-    return (pixel_to_ndc(target_px, height, width).astype(np.float32, copy=False),
-            np.where(inside, mask, 0.0).astype(np.float32, copy=False))
+    count, height, width = flow_coords.shape[0], crop.out_height, crop.out_width
+    coords = np.empty((count, height, width, 2), np.float32)
+    mask = np.empty((count, height, width), np.float32)
+    if count == 0:
+        return coords, mask
+    stored = crop.sample_nearest(flow_coords).reshape(count * height, width, 2)
+    lower, upper, affine = _flow_maps(source_hw, crop)
+    inside = cv2.inRange(stored, lower, upper)
+    cv2.transform(stored.astype(np.float32), affine, dst=coords.reshape(count * height, width, 2))
+    kept = cv2.bitwise_and(crop.sample_nearest(flow_mask).reshape(count * height, width), inside)
+    np.divide(kept, np.float32(255.0), out=mask.reshape(count * height, width))
+    return coords, mask
+
+
+def _flow_maps(source_hw: tuple[int, int], crop: CropResize):
+    """Bounds (x, y) of the stored flow integers q whose target lies inside the cropped target image, and
+    the (2, 3) float32 map of q to NDC of the output image.
+
+    Per axis: source pixel u = (n - 1) / 2 * (1 - q / S) (S = FLOW_NDC_SCALE, n the source size), output
+    pixel v = scale * u + offset (the crop's affine map) = v0 - slope * q, output NDC = 1 - 2 v / (m - 1)
+    (m the output size). v decreases with q, so -0.5 <= v <= m - 0.5 is an integer range of q, computed in
+    exact rational arithmetic.
+    """
+    half = fractions.Fraction(1, 2)
+    lower, upper = [], []
+    affine = np.zeros((2, 3), np.float32)
+    axes = ((source_hw[1], crop.out_width, crop.x0, crop.crop_width),
+            (source_hw[0], crop.out_height, crop.y0, crop.crop_height))
+    for axis, (size, out, start, crop_size) in enumerate(axes):
+        scale = fractions.Fraction(out, crop_size)
+        v0 = scale * fractions.Fraction(size - 1, 2) + (half - start) * scale - half
+        slope = scale * fractions.Fraction(size - 1, 2) / fractions.Fraction(int(FLOW_NDC_SCALE))
+        lower.append(max(-32768, math.ceil((v0 - out + half) / slope)))
+        upper.append(min(32767, math.floor((v0 + half) / slope)))
+        affine[axis, axis] = float(2 * slope / (out - 1))
+        affine[axis, 2] = float(1 - 2 * v0 / (out - 1))
+    return tuple(lower), tuple(upper), affine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,29 +192,41 @@ def apply_color_jitter(images: np.ndarray, jitter: ColorJitter) -> np.ndarray:
     """(n, H, W, 3) float32 in [0, 1] -> jittered images clipped to [0, 1] (same jitter on every frame).
 
     Order: brightness (scale), contrast (blend with the frame's mean luma), saturation (blend with the
-    pixel's luma), hue (rotation of the chroma plane in YIQ space). Frames are processed one at a time,
-    in place in the output, so the temporaries stay small; the per-pixel luma is applied one channel at a
-    time, which is cheaper than broadcasting it over the length-3 channel axis.
+    pixel's luma), hue (rotation of the chroma plane in YIQ space). Before the final clip these steps are
+    one affine colour map per frame, x -> A x + t (t holds the frame's mean luma), applied in one pass.
     """
+    cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    hue = _YIQ_TO_RGB.astype(np.float64) @ rotation @ _RGB_TO_YIQ.astype(np.float64) if jitter.hue else np.eye(3)
+    luma = _LUMA.astype(np.float64)
+    saturation = jitter.saturation * np.eye(3) + (1.0 - jitter.saturation) * np.outer(np.ones(3), luma)
+    colour = hue @ saturation                                           # saturation, then hue
     out = np.empty(images.shape, np.float32)
-    hue_rotation = None
-    if jitter.hue != 0.0:
-        cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
-        rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]], np.float32)
-        hue_rotation = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).T
-    for image, frame in zip(images, out):
-        np.multiply(image, np.float32(jitter.brightness), out=frame)
-        mean_luma = (frame @ _LUMA).mean()
-        frame -= mean_luma
-        frame *= np.float32(jitter.contrast)
-        frame += mean_luma
-        luma = frame @ _LUMA
-        for channel in range(3):
-            frame[..., channel] -= luma
-        frame *= np.float32(jitter.saturation)
-        for channel in range(3):
-            frame[..., channel] += luma
-        if hue_rotation is not None:
-            frame[...] = frame @ hue_rotation
-        np.clip(frame, 0.0, 1.0, out=frame)
+    for image, frame in zip(images, out, strict=True):
+        mean_luma = jitter.brightness * float(np.dot(cv2.mean(image)[:3], luma))
+        affine = np.concatenate([colour * (jitter.contrast * jitter.brightness),
+                                 colour @ np.full((3, 1), (1.0 - jitter.contrast) * mean_luma)], axis=1)
+        cv2.transform(image, affine.astype(np.float32), dst=frame)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def world_points(depth: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 intrinsics: np.ndarray, camera_poses: np.ndarray) -> np.ndarray:
+    """World points of output pixels from the source pixels they sample.
+
+    depth (n, h, w) float32 z-depth, 0 where `valid` (n, h, w) bool is False; rows (h,) / cols (w,) the
+    source pixel of every output row / column (`CropResize.nearest_source_index`); intrinsics (n, 3, 3)
+    and camera_poses (n, 4, 4) camera-to-world of the source frames. Returns (n, h, w, 3) float32
+    R K^-1 [col, row, 1] depth + t where valid, 0 elsewhere.
+    """
+    count, height, width = depth.shape
+    intrinsics, camera_poses = np.asarray(intrinsics, np.float64), np.asarray(camera_poses, np.float64)
+    pixel_to_world = (camera_poses[:, :3, :3] @ np.linalg.inv(intrinsics)).astype(np.float32)
+    col_grid = np.ascontiguousarray(np.broadcast_to(cols.astype(np.float32), (height, width)))
+    row_grid = np.ascontiguousarray(np.broadcast_to(rows.astype(np.float32)[:, None], (height, width)))
+    out = np.empty((count, height, width, 3), np.float32)
+    for k in range(count):
+        scaled = cv2.merge([cv2.multiply(col_grid, depth[k]), cv2.multiply(row_grid, depth[k]), depth[k]])
+        cv2.transform(scaled, pixel_to_world[k], dst=out[k])
+        cv2.add(out[k], tuple(camera_poses[k, :3, 3]) + (0.0,), dst=out[k], mask=valid[k].view(np.uint8))
     return out

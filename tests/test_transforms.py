@@ -1,0 +1,120 @@
+"""Whole-clip sample transforms against the step-by-step formulas they replace (float64 or per-step float32
+references written out here), with the stated float32 tolerances; label selection must match exactly."""
+
+import numpy as np
+import pytest
+
+from flow3r_jax.data.records import FLOW_NDC_SCALE
+from flow3r_jax.data.transforms import (
+    ColorJitter,
+    CropResize,
+    apply_color_jitter,
+    random_color_jitter,
+    random_crop,
+    transform_flow,
+    world_points,
+)
+from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_to_ndc
+
+SOURCE_HW = (28, 42)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _crops():
+    rng = np.random.default_rng(0)
+    crops = [random_crop(SOURCE_HW, out_hw, (0.5, 1.0), rng) for out_hw in ((14, 28), (28, 42), (42, 56))
+             for _ in range(3)]
+    return crops + [CropResize(0, 0, 42, 28, 42, 28)]
+
+
+def _reference_flow(coords_q, mask_u8, crop):
+    """Old per-step float32 path: NDC -> source pixel -> output pixel -> NDC; inside test in pixels."""
+    rows, cols = crop.nearest_source_index()
+    coords = (coords_q / np.float32(FLOW_NDC_SCALE)).astype(np.float32)[rows][:, cols]
+    mask = (mask_u8 / np.float32(255.0)).astype(np.float32)[rows][:, cols]
+    source_px = ndc_to_pixel(coords, *SOURCE_HW).astype(np.float64)
+    out_px = (source_px + 0.5 - np.array([crop.x0, crop.y0])) * np.array(crop.scale) - 0.5
+    inside = ((out_px[..., 0] >= -0.5) & (out_px[..., 0] <= crop.out_width - 0.5)
+              & (out_px[..., 1] >= -0.5) & (out_px[..., 1] <= crop.out_height - 0.5))
+    border = np.minimum(np.abs(out_px + 0.5), np.abs(out_px - (np.array([crop.out_width, crop.out_height]) - 0.5)))
+    return pixel_to_ndc(out_px, crop.out_height, crop.out_width), np.where(inside, mask, 0.0), border.min(-1)
+
+
+@pytest.mark.parametrize("crop", _crops())
+def test_flow_transform_matches_the_per_step_formula(crop):
+    rng = np.random.default_rng(1)
+    coords_q = rng.integers(-6000, 6000, (3,) + SOURCE_HW + (2,)).astype(np.int16)
+    mask_u8 = rng.integers(0, 256, (3,) + SOURCE_HW).astype(np.uint8)
+    coords, mask = transform_flow(coords_q, mask_u8, SOURCE_HW, crop)
+    assert coords.dtype == mask.dtype == np.float32
+    assert coords.shape == (3, crop.out_height, crop.out_width, 2)
+    for k in range(3):
+        ref_coords, ref_mask, border = _reference_flow(coords_q[k], mask_u8[k], crop)
+        np.testing.assert_allclose(coords[k], ref_coords, rtol=0, atol=2e-6)  # float32 rounding of NDC <= 8
+        clear = border > 1e-4  # the exact integer bounds and float32 pixels may disagree on the border
+        assert clear.mean() > 0.95
+        np.testing.assert_array_equal(mask[k][clear], ref_mask[clear].astype(np.float32))
+
+
+def test_flow_inside_bounds_are_exact_at_the_border():
+    crop = CropResize(0, 0, 42, 28, 42, 28)  # identity crop: inside <=> |NDC| <= 1 + 1 / (n - 1)
+    limit_x = round((1 + 1 / 41) * FLOW_NDC_SCALE - 0.5)
+    coords_q = np.zeros((1,) + SOURCE_HW + (2,), np.int16)
+    coords_q[0, 0, :4, 0] = [limit_x, limit_x + 1, -limit_x, -limit_x - 1]
+    mask, = transform_flow(coords_q, np.full((1,) + SOURCE_HW, 255, np.uint8), SOURCE_HW, crop)[1:]
+    np.testing.assert_array_equal(mask[0, 0, :4], [1.0, 0.0, 1.0, 0.0])
+
+
+def _reference_jitter(images, jitter):
+    """Old sequential float32 path: brightness, contrast, saturation, hue, clip."""
+    out = images * np.float32(jitter.brightness)
+    luma_weights = np.array([0.299, 0.587, 0.114], np.float32)
+    mean = (out @ luma_weights).mean(axis=(1, 2), keepdims=True)[..., None]
+    out = (out - mean) * np.float32(jitter.contrast) + mean
+    luma = (out @ luma_weights)[..., None]
+    out = (out - luma) * np.float32(jitter.saturation) + luma
+    cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    out = out @ (np.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ).T.astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def test_colour_jitter_matches_the_sequential_formula():
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0.0, 1.0, (3, 14, 28, 3)).astype(np.float32)
+    for jitter in [ColorJitter(), ColorJitter(1.2, 0.8, 1.2, 0.0)] + \
+                  [random_color_jitter(rng, 0.3, 0.3, 0.3, 0.05) for _ in range(4)]:
+        out = apply_color_jitter(images, jitter)
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        np.testing.assert_allclose(out, _reference_jitter(images, jitter), rtol=0, atol=2e-6)
+
+
+def test_world_points_match_the_float64_formula():
+    rng = np.random.default_rng(3)
+    crop = random_crop(SOURCE_HW, (14, 28), (0.6, 1.0), rng)
+    rows, cols = crop.nearest_source_index()
+    valid = rng.uniform(size=(2, 14, 28)) > 0.3
+    depth = np.where(valid, rng.uniform(0.5, 20.0, (2, 14, 28)), 0.0).astype(np.float32)
+    intrinsics = np.array([[[40.0, 0.0, 20.5], [0.0, 41.0, 13.5], [0.0, 0.0, 1.0]]] * 2)
+    angle = 0.4
+    poses = np.tile(np.eye(4), (2, 1, 1))
+    poses[1, :3, :3] = [[np.cos(angle), 0.0, np.sin(angle)], [0.0, 1.0, 0.0], [-np.sin(angle), 0.0, np.cos(angle)]]
+    poses[:, :3, 3] = [[0.1, -0.2, 0.3], [2.0, 0.5, -1.0]]
+    points = world_points(depth, valid, rows, cols, intrinsics, poses)
+    pixels = np.stack(np.broadcast_arrays(cols[None, :], rows[:, None], 1.0), -1).astype(np.float64)
+    rays = np.einsum("nij,hwj->nhwi", poses[:, :3, :3] @ np.linalg.inv(intrinsics), pixels)
+    expected = np.where(valid[..., None], rays * depth[..., None] + poses[:, None, None, :3, 3], 0.0)
+    assert points.dtype == np.float32
+    np.testing.assert_array_equal(points[~valid], 0.0)
+    np.testing.assert_allclose(points, expected, rtol=1e-5, atol=1e-5)  # float32 transform of metric points
+
+
+def test_nearest_sampling_moves_whole_pixels():
+    rng = np.random.default_rng(4)
+    crop = random_crop(SOURCE_HW, (42, 56), (0.5, 0.9), rng)
+    rows, cols = crop.nearest_source_index()
+    for array in (rng.integers(0, 2, (2,) + SOURCE_HW).astype(bool),
+                  rng.normal(size=(2,) + SOURCE_HW).astype(np.float16),
+                  rng.integers(-999, 999, (2,) + SOURCE_HW + (2,)).astype(np.int16),
+                  rng.normal(size=(2,) + SOURCE_HW + (3,)).astype(np.float32)):
+        np.testing.assert_array_equal(crop.sample_nearest(array), array[:, rows][:, :, cols])
