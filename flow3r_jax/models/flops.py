@@ -5,8 +5,10 @@ qkv projection, attention scores (q k^T) and weighted sums (p v), patch embeddin
 the DPT's patch-upsampling (transposed) convolutions, and resizes computed as products with
 interpolation matrices (bilinear DPT resizes, the encoder's bicubic position-embedding resize, the
 tracking head's final resize). Ignored: elementwise work (norms, activations, softmax, RoPE, biases,
-residual adds, LayerScale), reductions (means), gathers, the camera head's 3x3 SVDs. At the sizes of
-the released model the ignored work is well under 1% of the total.
+residual adds, LayerScale), reductions (means), gathers, the camera head's 3x3 SVDs. By XLA's count
+(where one exact-GELU element is ~64 FLOPs) the ignored work is about 256 / (24 * width) of a
+transformer block's, ~1% at the released width of 1024. Convolutions count the multiply-adds whose
+input tap lies inside the image (zero padding excluded), as XLA does.
 
 Train step (`train_step_flops`): the backward pass of a product costs one forward-equivalent for each
 operand that needs a gradient: the activation input when anything it depends on is trainable, the
