@@ -14,6 +14,10 @@ scale. On a shared host run it when the load is steady. The official code is imp
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
+import pathlib
 import statistics
 import sys
 import time
@@ -39,6 +43,15 @@ def _median_seconds(fn, iters: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _official_package(repo: str):
+    """The official `flow3r.models.flow3r` module of the checkout `repo` (its `flow3r` folder is a
+    namespace package: registered here with that folder as its search path)."""
+    package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("flow3r", None, is_package=True))
+    package.__path__ = [str(pathlib.Path(repo) / "flow3r")]
+    sys.modules["flow3r"] = package
+    return importlib.import_module("flow3r.models.flow3r")
 
 
 def _time_ours(checkpoint, images, pairs, iters):
@@ -69,8 +82,7 @@ def _time_official(checkpoint, images, pairs, iters):
     import torch
     from safetensors.torch import load_file
 
-    sys.path.insert(0, _OFFICIAL_REPO.value)
-    from flow3r.models.flow3r import Flow3r as OfficialFlow3r
+    OfficialFlow3r = _official_package(_OFFICIAL_REPO.value).Flow3r
 
     with torch.device("meta"):
         official = OfficialFlow3r()
