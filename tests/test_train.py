@@ -20,14 +20,14 @@ import time
 import jax
 import numpy as np
 import pytest
+from support import tiny_config
 from tensorboard.util import tensor_util
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.evaluation import held_out
-from flow3r_jax.train import checkpointing, setup, summaries
-from support import tiny_config
+from flow3r_jax.train import checkpointing, console, setup, summaries
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
@@ -172,12 +172,16 @@ def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
 
 
 def test_scalar_window_means_skips_and_images(cache_dir):
-    window = summaries.ScalarWindow(frames_per_step=16)
+    window = summaries.ScalarWindow(frames_per_step=16, peak_flops=1e12)
     for loss, skipped in ((1.0, 0), (3.0, 1)):
-        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)})
+        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)}, flops_per_step=1e9)
     summary = window.summary()
     assert summary["loss"] == 2.0 and summary["skipped_steps"] == 1 and summary["skipped_steps_total"] == 1
-    assert summary["frames_per_second"] > 0 and summary["step_time_s"] > 0
+    assert summary["perf/frames_per_second"] > 0 and summary["perf/step_time_s"] > 0
+    elapsed = 2 * summary["perf/step_time_s"]
+    assert summary["perf/tflops"] == pytest.approx(2e9 / elapsed / 1e12)
+    assert summary["perf/mfu"] == pytest.approx(2e9 / elapsed / 1e12)
+    assert "MFU" in console.progress_line(2, 10, summary)
 
     batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
     h, w = batch["images"].shape[2:4]

@@ -4,8 +4,9 @@ For a config, a clip shape (frames x height x width) and a mesh, the train step 
 compiled ahead of time from abstract inputs (ShapeDtypeStructs carrying their shardings), so
 flow3r_large can be analysed on a CPU host with simulated devices without allocating its state.
 Each remat policy given is compiled separately. With --run (default where the backend is not CPU),
-the state is created for real and the step is timed; MFU = XLA cost-analysis FLOPs per device /
-step time / peak FLOP/s per device.
+the state is created for real and the step is timed; MFU = analytic model FLOPs of the step
+(flow3r_jax/models/flops.py: forward + backward, frozen modules' gradients left out) / step time /
+peak FLOP/s of the devices (flow3r_jax/perf.py).
 
   python tools/benchmark_train.py --config configs/flow3r_large.py --frames 24 --height 518 \\
       --width 518 --mesh 1,8,1 --batch 8 --remat none,dots,full
@@ -27,12 +28,9 @@ _REMAT = flags.DEFINE_list("remat", None, "Remat policies to compare (default: t
 _RUN = flags.DEFINE_bool("run", None, "Allocate and time the step (default: on non-CPU backends).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU "
-                                  "(default: looked up from the device kind, bf16 dense).")
+                                  "(default: flow3r_jax.perf's table, bf16 dense; measured on CPU).")
 flags.mark_flags_as_required(["config"])
 
-# Dense bf16 peak TFLOP/s per device (vendor figures), keyed by a substring of device_kind.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6": 918.0}
 GIB = 1024 ** 3
 
 
@@ -65,23 +63,12 @@ def random_batch(spec: dict, seed: int = 0) -> dict:
     }
 
 
-def _peak_tflops(device) -> float | None:
-    if _PEAK_TFLOPS.value:
-        return _PEAK_TFLOPS.value
-    return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device.device_kind.lower()), None)
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0)) if cost else 0.0
-
-
 def benchmark_one(config, remat: str, frames: int, height: int, width: int, batch: int, mesh_sizes, run: bool):
     """One row of the table for one remat policy."""
     import jax
 
-    from flow3r_jax import sharding
+    from flow3r_jax import perf, sharding
+    from flow3r_jax.models import flops
     from flow3r_jax.train import setup
 
     config.model.remat_policy = remat
@@ -92,7 +79,9 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
     compiled = program.compile(spec)
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    row = {"remat": remat, "compile_s": compile_s, "flops_per_device": _flops(compiled),
+    step_flops = flops.train_step_flops(config.model, batch, frames, height, width, config.data.pairs_per_sample,
+                                        frozen=flops.frozen_modules(program.frozen))
+    row = {"remat": remat, "compile_s": compile_s, "flops_per_device": step_flops.model / program.mesh.size,
            "args_gib": memory.argument_size_in_bytes / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
            "output_gib": memory.output_size_in_bytes / GIB, "alias_gib": memory.alias_size_in_bytes / GIB}
     row["peak_gib"] = row["args_gib"] + row["temp_gib"] + row["output_gib"] - row["alias_gib"]
@@ -108,9 +97,9 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
                 state, metrics = compiled(state, data)
             jax.block_until_ready(metrics)
         row["step_s"] = (time.perf_counter() - start) / _STEPS.value
-        peak = _peak_tflops(jax.devices()[0])
+        peak = perf.peak_flops(list(program.mesh.devices.flat), _PEAK_TFLOPS.value)
         if peak:
-            row["mfu"] = row["flops_per_device"] / row["step_s"] / (peak * 1e12)
+            row["mfu"] = perf.mfu(step_flops.model, row["step_s"], peak)
     return row
 
 

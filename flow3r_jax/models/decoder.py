@@ -17,10 +17,10 @@ class AlternatingDecoder(nnx.Module):
     (decoder.1, .3, ...), each stacked over depth/2 layers.
     """
 
-    def __init__(self, cfg, *, attention_impl, remat_policy: str, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, attention_impl, remat_policy: str, scan_unroll: bool, dtype, rngs: nnx.Rngs):
         if cfg.depth % 2:
             raise ValueError(f"decoder depth must be even (frame/global pairs), got {cfg.depth}")
-        self.rope_base, self.remat_policy = cfg.rope_base, remat_policy
+        self.rope_base, self.remat_policy, self.scan_unroll = cfg.rope_base, remat_policy, scan_unroll
 
         def make(r):
             return Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, layerscale_init=cfg.layerscale_init,
@@ -44,7 +44,8 @@ class AlternatingDecoder(nnx.Module):
             return (global_out, frame_out), None
 
         (last, before_last), _ = scan_layers(
-            _Pair(self.frame_blocks, self.global_blocks), (tokens, tokens), pair_step, self.remat_policy)
+            _Pair(self.frame_blocks, self.global_blocks), (tokens, tokens), pair_step, self.remat_policy,
+            self.scan_unroll)
         return constrain(jnp.concatenate([before_last, last], axis=-1), ("batch", "tokens", "act_embed"))
 
 
@@ -60,8 +61,8 @@ class OutputDecoder(nnx.Module):
     no qk-norm), Linear width -> out_dim. Returns (output, per-block outputs (depth, BN, T, width))."""
 
     def __init__(self, in_dim: int, cfg, out_dim: int, rope_base: float, *, attention_impl, remat_policy: str,
-                 dtype, rngs: nnx.Rngs):
-        self.rope_base, self.remat_policy = rope_base, remat_policy
+                 scan_unroll: bool, dtype, rngs: nnx.Rngs):
+        self.rope_base, self.remat_policy, self.scan_unroll = rope_base, remat_policy, scan_unroll
         self.projects = linear(in_dim, cfg.embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.blocks = stacked(
             lambda r: Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, layerscale_init=None, qk_norm=False,
@@ -76,5 +77,5 @@ class OutputDecoder(nnx.Module):
             h = blk(h, positions, self.rope_base)
             return h, h
 
-        x, per_block = scan_layers(self.blocks, x, step, self.remat_policy)
+        x, per_block = scan_layers(self.blocks, x, step, self.remat_policy, self.scan_unroll)
         return self.linear_out(x), per_block

@@ -29,9 +29,10 @@ class Encoder(nnx.Module):
     """images (BN, H, W, 3), already ImageNet-normalised -> patch tokens (BN, h*w, C) after the final
     LayerNorm (DINOv2's `x_norm_patchtokens`)."""
 
-    def __init__(self, cfg, patch_size: int, *, attention_impl, remat_policy: str, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg, patch_size: int, *, attention_impl, remat_policy: str, scan_unroll: bool, dtype,
+                 rngs: nnx.Rngs):
         dim = cfg.embed_dim
-        self.patch_size, self.remat_policy = patch_size, remat_policy
+        self.patch_size, self.remat_policy, self.scan_unroll = patch_size, remat_policy, scan_unroll
         self.num_register_tokens = cfg.num_register_tokens
         self.patch_embed = nnx.Conv(
             3, dim, kernel_size=(patch_size, patch_size), strides=(patch_size, patch_size), padding="VALID",
@@ -64,6 +65,6 @@ class Encoder(nnx.Module):
 
     def __call__(self, images):
         x = self.tokens_in(images)
-        x, _ = scan_layers(self.blocks, x, lambda blk, h: (blk(h), None), self.remat_policy)
+        x, _ = scan_layers(self.blocks, x, lambda blk, h: (blk(h), None), self.remat_policy, self.scan_unroll)
         x = self.norm(x)
         return x[:, 1 + self.num_register_tokens:]

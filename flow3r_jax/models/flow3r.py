@@ -45,7 +45,8 @@ class Flow3r(nnx.Module):
         if cfg.remat_policy != "none" and cfg.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy {cfg.remat_policy!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
         dtype = DTYPES[cfg.dtype]
-        common = dict(attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy, dtype=dtype, rngs=rngs)
+        common = dict(attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy,
+                      scan_unroll=cfg.scan_unroll, dtype=dtype, rngs=rngs)
         self.patch_size = cfg.patch_size
         self.flow_head_type = cfg.flow_head.type
         self.image_mean = tuple(cfg.image_mean)

@@ -147,10 +147,13 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) 
     return create(rngs)
 
 
-def scan_layers(layers: nnx.Module, carry, body: Callable, remat_policy: str = "none"):
+def scan_layers(layers: nnx.Module, carry, body: Callable, remat_policy: str = "none", unroll: bool = False):
     """Runs `body(layer, carry) -> (carry, y)` over the stacked layers with lax.scan.
 
-    Each step is rematerialised with the named policy ("none", "full" or "dots").
+    Each step is rematerialised with the named policy ("none", "full" or "dots"). `unroll=True`
+    unrolls the scan fully (one copy of the body per layer: slower to compile, and XLA's cost
+    analysis then counts every layer, where it counts a scanned body once); the rematerialised
+    recompute is kept out of common-subexpression elimination there.
     Returns (final carry, stacked ys).
     """
     graphdef, state = nnx.split(layers)
@@ -161,5 +164,5 @@ def scan_layers(layers: nnx.Module, carry, body: Callable, remat_policy: str = "
     if remat_policy != "none":
         if remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {remat_policy!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
-        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
-    return jax.lax.scan(step, carry, state)
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat_policy], prevent_cse=unroll)
+    return jax.lax.scan(step, carry, state, unroll=unroll)

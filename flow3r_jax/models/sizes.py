@@ -36,6 +36,9 @@ def _base(enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, head_dim
     # Rematerialisation of each transformer block: "none", "full" (save nothing) or "dots"
     # (save matmul outputs without batch dims).
     m.remat_policy = "none"
+    # Unroll the scans over layers (encoder blocks, decoder block pairs, per-output decoder blocks):
+    # slower compiles; lets XLA's cost analysis count every layer (flow3r_jax/models/flops.py).
+    m.scan_unroll = False
     # Attention kernel for jax.nn.dot_product_attention: None lets XLA choose ("xla"/"cudnn").
     m.attention_impl = None
     return m

@@ -2,7 +2,7 @@
 
 Progress line (absl INFO, every config.logging.every_steps steps):
 
-    step 120/300 (40%) | 8.31 steps/s | ETA 0:00:21 | loss 0.3121 | point 0.2204 | camera 0.0451 | ...
+    step 120/300 (40%) | 0.120 s/step | MFU 31.2% | ETA 0:00:21 | loss 0.3121 | point 0.2204 | ...
 
 By default INFO records of the libraries underneath (Orbax's per-save lines, Grain, JAX, TensorFlow)
 are dropped; warnings and errors always show. `--verbosity=1` (absl's flag) shows everything.
@@ -42,11 +42,14 @@ def quiet_library_logs(quiet: bool = True) -> None:
 
 
 def progress_line(step: int, total_steps: int, summary: dict[str, float]) -> str:
-    """The progress line for `step` from a ScalarWindow summary (step_time_s, loss, loss/<term>)."""
-    step_time = summary["step_time_s"]
+    """The progress line for `step` from a ScalarWindow summary (perf/step_time_s, perf/mfu if known,
+    loss, loss/<term>)."""
+    step_time = summary["perf/step_time_s"]
     eta = datetime.timedelta(seconds=round(step_time * (total_steps - step)))
-    parts = [f"step {step}/{total_steps} ({100 * step / total_steps:.0f}%)", f"{1 / step_time:.2f} steps/s",
-             f"ETA {eta}", f"loss {summary['loss']:.4f}"]
+    parts = [f"step {step}/{total_steps} ({100 * step / total_steps:.0f}%)", f"{step_time:.3g} s/step"]
+    if "perf/mfu" in summary:
+        parts.append(f"MFU {100 * summary['perf/mfu']:.1f}%")
+    parts += [f"ETA {eta}", f"loss {summary['loss']:.4f}"]
     parts += [f"{term} {summary[f'loss/{term}']:.4f}" for term in MAIN_LOSS_TERMS if f"loss/{term}" in summary]
     if summary.get("skipped_steps"):
         parts.append(f"skipped {summary['skipped_steps']}")

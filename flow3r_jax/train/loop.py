@@ -19,7 +19,7 @@ import jax
 from absl import logging
 from clu import periodic_actions
 
-from flow3r_jax import sharding
+from flow3r_jax import perf, sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset, synthetic_splits
 from flow3r_jax.evaluation.evaluators import build_evaluators
@@ -66,7 +66,9 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
     if config.logging.profile_num_steps > 0 and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.logging.profile_num_steps,
                                               first_profile=config.logging.profile_start_step, every_secs=None))
-    window = summaries.ScalarWindow(frames_per_step=config.global_batch_size * config.data.num_frames)
+    window = summaries.ScalarWindow(frames_per_step=config.global_batch_size * config.data.num_frames,
+                                    peak_flops=perf.peak_flops(list(mesh.devices.flat)))
+    step_flops = summaries.train_flops_counter(config.model, program.frozen)
     evaluations = {}
     try:
         with sharding.use_rules(mesh, rules):
@@ -74,7 +76,7 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     batch = program.global_batch(next(data_iter))
                     train_state, step_metrics = program.train_step(train_state, batch)
-                window.add(step_metrics)
+                window.add(step_metrics, step_flops(batch))
                 for hook in hooks:
                     hook(step)
                 last = step == config.total_steps

@@ -19,7 +19,7 @@ from flow3r_jax.files import atomic_write
 
 CONFIG_FILE = "config.json"
 # model.* keys that change how the same parameters are computed (precision, memory, kernels), not the model.
-EXECUTION_KEYS = ("dtype", "remat_policy", "attention_impl")
+EXECUTION_KEYS = ("dtype", "remat_policy", "scan_unroll", "attention_impl")
 
 
 def config_path(workdir: str | os.PathLike) -> epath.Path:

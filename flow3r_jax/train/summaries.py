@@ -3,13 +3,17 @@
 Only process 0 writes TensorBoard event files (under `<workdir>/tensorboard`); the other processes
 only log. Scalars per logging window: the mean of every per-step metric returned by the train step
 (total loss, each loss term, grad / param norms, learning rate), the number of skipped (non-finite)
-steps in the window and since the start, step time and frames per second.
+steps in the window and since the start, and under `perf/`: step time, frames per second, achieved
+TFLOP/s and MFU (analytic model FLOPs of each step's batch shape, flow3r_jax/models/flops.py, over the
+peak of the devices, flow3r_jax/perf.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -17,6 +21,7 @@ from clu import metric_writers
 
 from flow3r_jax.geometry import ndc
 from flow3r_jax.inference import visualize
+from flow3r_jax.models import flops
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -25,17 +30,37 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
         os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0, asynchronous=True)
 
 
-class ScalarWindow:
-    """Collects per-step metric dicts (device arrays, fetched lazily) between two log points."""
+def train_flops_counter(model_cfg, frozen_mask) -> Callable[[dict], float]:
+    """batch -> model FLOPs (forward + backward) of one train step on it, from the shapes of its
+    images (B, N, H, W, 3) and pair_indices (B, S, 2); frozen_mask: pytree of bools over the params
+    (modules frozen as a whole take no backward pass)."""
+    frozen = flops.frozen_modules(frozen_mask)
 
-    def __init__(self, frames_per_step: int):
+    @functools.cache
+    def of_shape(images_shape, pairs):
+        b, n, h, w, _ = images_shape
+        return flops.train_step_flops(model_cfg, b, n, h, w, pairs, frozen=frozen).model
+
+    return lambda batch: of_shape(tuple(batch["images"].shape), batch["pair_indices"].shape[1])
+
+
+class ScalarWindow:
+    """Collects per-step metric dicts (device arrays, fetched lazily) between two log points.
+
+    `peak_flops`: FLOP/s of all devices (perf.peak_flops) for perf/mfu; None leaves MFU out.
+    """
+
+    def __init__(self, frames_per_step: int, peak_flops: float | None = None):
         self.frames_per_step = frames_per_step
+        self.peak_flops = peak_flops
         self.skipped_total = 0
         self._steps: list[dict] = []
+        self._flops = 0.0
         self._start = time.perf_counter()
 
-    def add(self, metrics: dict) -> None:
+    def add(self, metrics: dict, flops_per_step: float = 0.0) -> None:
         self._steps.append(metrics)
+        self._flops += flops_per_step
 
     def summary(self) -> dict[str, float]:
         """Window means, skipped-step counts and throughput; resets the window."""
@@ -45,9 +70,15 @@ class ScalarWindow:
         out = {k: float(np.mean([s[k] for s in steps], dtype=np.float64)) for k in steps[0] if k != "skipped"}
         skipped = int(sum(int(s["skipped"]) for s in steps))
         self.skipped_total += skipped
-        out.update(skipped_steps=skipped, skipped_steps_total=self.skipped_total,
-                   step_time_s=elapsed / count, frames_per_second=count * self.frames_per_step / elapsed)
+        out.update({"skipped_steps": skipped, "skipped_steps_total": self.skipped_total,
+                    "perf/step_time_s": elapsed / count,
+                    "perf/frames_per_second": count * self.frames_per_step / elapsed})
+        if self._flops:
+            out["perf/tflops"] = self._flops / elapsed / 1e12
+            if self.peak_flops:
+                out["perf/mfu"] = self._flops / elapsed / self.peak_flops
         self._steps = []
+        self._flops = 0.0
         self._start = time.perf_counter()
         return out
 
