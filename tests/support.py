@@ -33,11 +33,17 @@ def set_values(config: ml_collections.ConfigDict, overrides: dict) -> ml_collect
     return config
 
 
+# flow3r_tiny with one fixed training shape (2 frames at 28 x 42, global_batch_size 8 clips) instead of
+# its shape buckets, for the tests that exercise other things (tests/test_buckets.py covers the buckets).
+FIXED_SHAPE = {"data.frame_counts": (), "data.resolutions": (), "data.images_per_device": 0}
+
+
 def tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
-    """configs/flow3r_tiny.py with its synthetic data under `cache_dir` and `overrides` (dotted keys allowed)."""
+    """configs/flow3r_tiny.py at FIXED_SHAPE with its synthetic data under `cache_dir` and `overrides`
+    (dotted keys allowed)."""
     config = flow3r_tiny.get_config()
     config.data.cache_dir = str(cache_dir)
-    return set_values(config, overrides)
+    return set_values(config, FIXED_SHAPE | overrides)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

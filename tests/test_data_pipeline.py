@@ -10,6 +10,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.buckets import train_buckets
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
@@ -32,9 +33,14 @@ def data_cfg(tmp_path_factory):
     return cfg
 
 
+def _iterator(cfg, **kwargs):
+    """The training iterator of `cfg` with its buckets at a global batch of 4."""
+    args = dict(seed=0, process_index=0, process_count=1) | kwargs
+    return pipeline.make_train_iterator(cfg, buckets=train_buckets(cfg, global_batch_size=4), **args)
+
+
 def _batches(cfg, n, **kwargs):
-    args = dict(global_batch_size=4, seed=0, process_index=0, process_count=1) | kwargs
-    iterator = pipeline.make_train_iterator(cfg, **args)
+    iterator = _iterator(cfg, **kwargs)
     out = [next(iterator) for _ in range(n)]
     iterator.close()
     return out
@@ -106,8 +112,7 @@ def test_same_seed_gives_identical_batches_for_any_worker_count(data_cfg):
 
 def test_resume_from_iterator_state_and_orbax_checkpoint(data_cfg, tmp_path):
     uninterrupted = _batches(data_cfg, 5)
-    iterator = pipeline.make_train_iterator(data_cfg, global_batch_size=4, seed=0, process_index=0,
-                                            process_count=1)
+    iterator = _iterator(data_cfg)
     _assert_same(uninterrupted[:2], [next(iterator), next(iterator)])
     state = iterator.get_state()
     manager = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("data_iter",))
@@ -116,8 +121,7 @@ def test_resume_from_iterator_state_and_orbax_checkpoint(data_cfg, tmp_path):
     next(iterator)
     iterator.close()
 
-    restored = pipeline.make_train_iterator(data_cfg, global_batch_size=4, seed=0, process_index=0,
-                                            process_count=1)
+    restored = _iterator(data_cfg)
     manager.restore(2, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(restored)))
     _assert_same(uninterrupted[2:], [next(restored) for _ in range(3)])
     restored.set_state(state)
@@ -172,8 +176,7 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
         _batches(cfg, 2)
 
     counter = pipeline.CorruptRecordCounter()
-    iterator = pipeline.make_train_iterator(with_values(cfg, skip_corrupt=True), global_batch_size=4, seed=0,
-                                            process_index=0, process_count=1, corrupt_counter=counter)
+    iterator = _iterator(with_values(cfg, skip_corrupt=True), corrupt_counter=counter)
     batches = [next(iterator) for _ in range(2)]
     iterator.close()
     assert counter.count >= 3  # 8 samples over a 4-record epoch: each bad record is met at least twice
@@ -184,8 +187,7 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
     _write_shard(truncated, records)
     truncated.write_bytes(truncated.read_bytes()[: os.path.getsize(truncated) // 2])
     with pytest.raises(ValueError, match=str(truncated)):
-        pipeline.make_train_iterator(with_values(cfg, sources=[{"path": str(truncated)}]), global_batch_size=4,
-                                     seed=0, process_index=0, process_count=1)
+        _iterator(with_values(cfg, sources=[{"path": str(truncated)}]))
 
 
 def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cfg):

@@ -2,8 +2,9 @@
 
 - in process: a few steps on one fixed batch with the encoder frozen: losses finite and falling,
   frozen parameters bit-identical, the others updated;
-- as real `tools/launch.py` processes: one uninterrupted run, and one killed with SIGKILL after its
-  first checkpoint and then relaunched; the relaunched run logs exactly the uninterrupted losses.
+- as real `tools/launch.py` processes (the recipe's four shape buckets, one clip per device): one
+  uninterrupted run, and one killed with SIGKILL after its first checkpoint and then relaunched; the
+  relaunched run logs exactly the uninterrupted losses.
   Its final checkpoint is then restored onto a different mesh (fsdp=8).
 The subprocesses share a persistent XLA compilation cache, and the reference run starts while the
 in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
@@ -48,7 +49,7 @@ def _launch(cache_root, workdir, *extra):
            "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
            "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
            f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", *extra]
+           "--config.optimizer.warmup_steps=2", "--config.data.images_per_device=3", *extra]
     with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -86,7 +87,7 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
     program = setup.build_program(config)
     state = program.init_state()
     initial = jax.device_get(state.params)
-    local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
+    local = next(pipeline.make_train_iterator(config.data, buckets=list(program.buckets), seed=0, process_index=0,
                                               process_count=1))
     losses = []
     with sharding.use_rules(program.mesh, program.rules):

@@ -28,14 +28,16 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 class ScalarWindow:
     """Collects per-step metric dicts (device arrays, fetched lazily) between two log points."""
 
-    def __init__(self, frames_per_step: int):
-        self.frames_per_step = frames_per_step
+    def __init__(self):
         self.skipped_total = 0
         self._steps: list[dict] = []
+        self._frames = 0
         self._start = time.perf_counter()
 
-    def add(self, metrics: dict) -> None:
+    def add(self, metrics: dict, frames: int) -> None:
+        """One step's metrics and the number of frames (clips x frames) it trained on."""
         self._steps.append(metrics)
+        self._frames += frames
 
     def summary(self) -> dict[str, float]:
         """Window means, skipped-step counts and throughput; resets the window."""
@@ -46,8 +48,9 @@ class ScalarWindow:
         skipped = int(sum(int(s["skipped"]) for s in steps))
         self.skipped_total += skipped
         out.update(skipped_steps=skipped, skipped_steps_total=self.skipped_total,
-                   step_time_s=elapsed / count, frames_per_second=count * self.frames_per_step / elapsed)
+                   step_time_s=elapsed / count, frames_per_second=self._frames / elapsed)
         self._steps = []
+        self._frames = 0
         self._start = time.perf_counter()
         return out
 
