@@ -14,10 +14,7 @@ from flow3r_jax.data.buckets import train_buckets
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
-from flow3r_jax.geometry.camera import project_points, reprojection_flow
-from flow3r_jax.geometry.ndc import ndc_to_pixel
-from flow3r_jax.geometry.transforms import se3_inverse, transform_points
-from support import data_config, with_values
+from support import data_config, reprojection_errors, with_values
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
@@ -80,24 +77,7 @@ def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
     cfg = with_values(data_cfg, resolutions=[(28, 42), (42, 28), (28, 28)])
     batches = _batches(cfg, 3)
     assert len({b["images"].shape for b in batches}) >= 2
-    depth_errors, point_errors = [], []
-    for batch in batches:
-        height, width = batch["images"].shape[2:4]
-        for b in range(batch["images"].shape[0]):
-            pose, intr = batch["camera_poses"][b].astype(np.float64), batch["intrinsics"][b].astype(np.float64)
-            for k, (i, j) in enumerate(batch["pair_indices"][b]):
-                target = ndc_to_pixel(batch["flow_coords"][b, k].astype(np.float64), height, width)
-                covisible = batch["flow_mask"][b, k] > 0.5
-                assert np.all(np.abs(target[covisible] - [[(width - 1) / 2, (height - 1) / 2]])
-                              <= [[width / 2, height / 2]])
-                covisible &= batch["valid_mask"][b, i]
-                reprojected = reprojection_flow(batch["depth"][b, i].astype(np.float64), pose[i], pose[j],
-                                                intr[i], intr[j])
-                depth_errors.append(np.linalg.norm(reprojected.coords_px - target, axis=-1)[covisible])
-                local = transform_points(se3_inverse(pose[j]), batch["points"][b, i].astype(np.float64))
-                projected, _ = project_points(local, intr[j])
-                point_errors.append(np.linalg.norm(projected - target, axis=-1)[covisible])
-    depth_errors, point_errors = np.concatenate(depth_errors), np.concatenate(point_errors)
+    depth_errors, point_errors = reprojection_errors(batches)
     assert depth_errors.size > 2000
     assert point_errors.max() < 0.05
     assert np.median(depth_errors) < 0.45 and depth_errors.max() < 1.5

@@ -2,15 +2,13 @@
 
 - in process: a few steps on one fixed batch with the encoder frozen: losses finite and falling,
   frozen parameters bit-identical, the others updated;
-- as real `tools/launch.py` processes (the recipe's four shape buckets, one clip per device): one
-  uninterrupted run, and one killed with SIGKILL after its first checkpoint and then relaunched; the
-  relaunched run logs exactly the uninterrupted losses.
+- as real `tools/launch.py` processes: one uninterrupted run, and one killed with SIGKILL after its
+  first checkpoint and then relaunched; the relaunched run logs exactly the uninterrupted losses.
   Its final checkpoint is then restored onto a different mesh (fsdp=8).
 The subprocesses share a persistent XLA compilation cache, and the reference run starts while the
 in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
 """
 
-import glob
 import os
 import pathlib
 import signal
@@ -21,14 +19,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from tensorboard.util import tensor_util
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.evaluation import held_out
 from flow3r_jax.train import checkpointing, setup, summaries
-from support import tiny_config
+from support import logged_scalars, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
@@ -36,6 +33,8 @@ TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoi
 CHECKPOINT_EVERY = 3
 STRAIGHT_RUN_ARGS = (f"--config.evals.held_out.every_steps={TOTAL_STEPS}", "--config.evals.held_out.num_batches=1",
                      f"--config.logging.image_every_steps={TOTAL_STEPS}")
+# support.FIXED_SHAPE as flags: one training shape (tests/test_buckets.py resumes across buckets).
+FIXED_SHAPE_ARGS = ("--config.data.frame_counts=()", "--config.data.resolutions=()", "--config.data.images_per_device=0")
 KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.image_every_steps=0")
 
 
@@ -49,7 +48,7 @@ def _launch(cache_root, workdir, *extra):
            "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
            "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
            f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", "--config.data.images_per_device=3", *extra]
+           "--config.optimizer.warmup_steps=2", *FIXED_SHAPE_ARGS, *extra]
     with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -104,20 +103,6 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
                               final["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"])
 
 
-def _logged(workdir, tag):
-    """{step: value} of a scalar tag over all event files of a run, later files overriding."""
-    files = sorted(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")),
-                   key=lambda f: int(os.path.basename(f).split(".")[3]))
-    import tensorflow as tf
-    values = {}
-    for path in files:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    values[event.step] = tensor_util.make_ndarray(v.tensor)
-    return values
-
-
 def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, straight_run, tmp_path):
     straight_dir, straight = straight_run
     killed_dir = tmp_path / "killed"
@@ -132,14 +117,14 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
     assert resumed.wait(timeout=600) == 0, (killed_dir.parent / "killed.log").read_text()[-3000:]
     assert straight.wait(timeout=600) == 0, (straight_dir.parent / "straight.log").read_text()[-3000:]
 
-    expected, got = _logged(straight_dir, "loss"), _logged(killed_dir, "loss")
+    expected, got = logged_scalars(straight_dir, "loss"), logged_scalars(killed_dir, "loss")
     assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
     assert sorted(got) == sorted(expected)
     for step in expected:
         assert np.isfinite(expected[step])
         np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
-    assert set(_logged(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
-    assert set(_logged(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
+    assert set(logged_scalars(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
+    assert set(logged_scalars(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
 
     restored = {}
     for data, fsdp in ((2, 4), (1, 8)):

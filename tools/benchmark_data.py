@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.buckets import Bucket
 from flow3r_jax.data.records import decode_clip, decode_frames
 from flow3r_jax.data.shard_reader import ShardRecords
 
@@ -47,7 +48,8 @@ def benchmark_pipeline(args) -> None:
           f"{args.height}x{args.width}, {args.batches} batches after {args.warmup} warm-up")
     print(f"{'workers':>8} {'clips/s':>10} {'frames/s':>10} {'vs decode':>10}")
     for workers in args.workers:
-        iterator = pipeline.make_train_iterator(cfg | {"worker_count": workers}, global_batch_size=args.batch,
+        bucket = Bucket(args.num_frames, args.height, args.width, args.pairs, args.batch)
+        iterator = pipeline.make_train_iterator(cfg | {"worker_count": workers}, buckets=[bucket],
                                                 seed=0, process_index=0, process_count=1)
         for _ in range(args.warmup):
             next(iterator)
