@@ -108,7 +108,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         width=42,
         # Explicit ((N, H, W), ...) buckets; empty: every frame count x every resolution below.
         buckets=(),
-        # Frame counts N of the buckets; empty: (num_frames,).
+        # Frame counts N of the buckets; empty: (num_frames,). A clip shorter than its batch's N is a corrupt
+        # record (RecordError, or replaced with skip_corrupt), so the shards' clips need max(N) frames.
         frame_counts=(),
         # Explicit (H, W) list.
         resolutions=(),

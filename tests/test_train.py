@@ -158,12 +158,13 @@ def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
 
 
 def test_scalar_window_means_skips_and_images(cache_dir):
-    window = summaries.ScalarWindow(frames_per_step=16)
-    for loss, skipped in ((1.0, 0), (3.0, 1)):
-        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)})
+    window = summaries.ScalarWindow()
+    for loss, skipped, frames in ((1.0, 0, 16), (3.0, 1, 48)):   # steps of different shape buckets
+        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)}, frames=frames)
     summary = window.summary()
     assert summary["loss"] == 2.0 and summary["skipped_steps"] == 1 and summary["skipped_steps_total"] == 1
     assert summary["frames_per_second"] > 0 and summary["step_time_s"] > 0
+    np.testing.assert_allclose(summary["frames_per_second"] * summary["step_time_s"] * 2, 16 + 48, rtol=1e-9)
 
     batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
     h, w = batch["images"].shape[2:4]
