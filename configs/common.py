@@ -24,6 +24,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.total_steps = 1000
+    # Persistent XLA compilation cache folder (local or URL); empty: off. A relaunch then loads the
+    # compiled bucket programs instead of compiling them again.
+    c.compilation_cache_dir = ""
     # Filled from --workdir by tools/launch.py; checkpoints, TensorBoard events and logs go there.
     c.workdir = ""
 
@@ -36,7 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict(dict(
         rules=sharding.DEFAULT_RULES))
 
-    # Samples (clips) per optimizer step over all hosts; split into grad_accum_steps micro-batches.
+    # Samples (clips) per optimizer step over all hosts when no per-device budget is set
+    # (data.tokens_per_device, data.images_per_device); split into grad_accum_steps micro-batches.
     c.global_batch_size = 8
     c.grad_accum_steps = 1
 
@@ -89,24 +93,49 @@ def get_base_config() -> ml_collections.ConfigDict:
         eval_sources=({"synthetic": "eval"},),
         # Folder of the synthetic splits (built on first use).
         cache_dir="",
-        # N frames and S flow pairs per sample (pairs padded with zero-mask pairs).
+        # Training batches take the static shapes of a set of buckets (flow3r_jax/data/buckets.py): each
+        # global batch is B clips x N frames x H x W with S flow pairs, one bucket per step drawn uniformly
+        # by (seed, step), the same on every host; the train step is compiled once per bucket at start.
+        # Evaluation uses one fixed shape: num_frames, pairs_per_sample and eval_resolution.
+        # N frames and S flow pairs per sample (pairs padded with zero-mask pairs); the frame count of the
+        # buckets when frame_counts is empty, and the evaluation frame count.
         num_frames=2,
         pairs_per_sample=2,
-        # Output size when neither resolutions nor pixel_budget is set; also the evaluation size.
+        # > 0: S = round(pairs_per_frame * N) (at least 1) pairs per training clip instead of pairs_per_sample.
+        pairs_per_frame=0.0,
+        # Output size when neither resolutions nor pixel_range is set; also the evaluation size.
         height=28,
         width=42,
-        # Explicit (H, W) list; each global batch uses one, drawn by (seed, step).
+        # Explicit ((N, H, W), ...) buckets; empty: every frame count x every resolution below.
+        buckets=(),
+        # Frame counts N of the buckets; empty: (num_frames,). A clip shorter than its batch's N is a corrupt
+        # record (RecordError, or replaced with skip_corrupt), so the shards' clips need max(N) frames.
+        frame_counts=(),
+        # Explicit (H, W) list.
         resolutions=(),
-        # > 0: derive the resolutions from H * W ~ pixel_budget with num_aspects aspect ratios W / H
-        # log-spaced over aspect_range.
-        pixel_budget=0,
+        # (low, high): resolutions with H * W at num_pixel_levels pixel counts log-spaced over the range,
+        # each with num_aspects aspect ratios W / H log-spaced over aspect_range (one level: the geometric
+        # mean); sides rounded to multiples of patch_size.
+        pixel_range=(),
+        num_pixel_levels=1,
         aspect_range=(0.5, 2.0),
         num_aspects=5,
+        # Per-device budget of one micro-batch; 0 = not limited by that measure. With either set, a bucket's
+        # clips per device are the largest whole number within every set budget (patch tokens
+        # N * (H / patch) * (W / patch) per clip; N images per clip), and its global batch is that number
+        # x grad_accum_steps x the devices the batch axis is split over (mesh axes of the "batch" rule);
+        # global_batch_size is then unused. With neither, every bucket's global batch is global_batch_size.
+        # Loss and learning rate with varying batch sizes: every loss term is a mean over the batch's
+        # samples (flow3r_jax/losses/total.py), so each step's gradient has the same scale whatever its
+        # bucket; the learning-rate schedule counts optimizer steps, not samples, and is the same for every
+        # bucket (as pi3's dynamic batches). Larger buckets only lower the gradient noise of their step.
+        tokens_per_device=0,
+        images_per_device=0,
         # Both sides of every resolution are multiples of it.
         patch_size=14,
-        # (H, W) of evaluation samples; empty: (height, width), else the first resolution.
+        # (H, W) of evaluation samples; empty: (height, width), else the first bucket's.
         eval_resolution=(),
-        # Random crop side as a fraction of the largest crop of the batch's aspect ratio.
+        # Random crop side as a fraction of the largest crop of the bucket's aspect ratio.
         crop_scale_range=(0.8, 1.0),
         # Photometric augmentation of training samples: factors 1 + U(-a, a) for brightness, contrast,
         # saturation; hue rotation U(-hue, hue) half-turns.

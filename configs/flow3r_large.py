@@ -19,11 +19,23 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"          # pi3: bf16 mixed precision (parameters stay float32)
     c.model.remat_policy = "dots"       # pi3: gradient checkpointing; choice: keep matmul outputs
     # choice: XLA picks the attention kernel; on NVIDIA GPUs pass --config.model.attention_impl=cudnn
-    # (flash attention: memory linear in the 8 x 28 x 37 tokens of a clip instead of quadratic).
+    # (flash attention: memory linear in the up to 24 x 36 x 36 tokens of a clip instead of quadratic).
 
-    # choice: 64 clips per step for 40K steps = 2.56M clip samples, about three passes over ~834K
-    # clips; the paper gives neither batch size nor step count.
-    c.global_batch_size = 64
+    # Shape buckets (flow3r_jax/data/buckets.py), pi3's ranges: 2-24 frames per clip, 100K-255K pixels
+    # per image, aspect ratios W / H 0.5-2.0, patch 14. choice: 4 frame counts x 2 pixel levels x 3
+    # aspects = 24 buckets, each compiled once at start (set compilation_cache_dir to reuse them).
+    c.data.frame_counts = (2, 8, 16, 24)
+    c.data.pixel_range = (100_000, 255_000)
+    c.data.num_pixel_levels = 2
+    c.data.aspect_range = (0.5, 2.0)
+    c.data.num_aspects = 3
+    # Per-device budget: at most the tokens of one 24 x 518 x 518 clip (24 x 37 x 37 = 32,856), the
+    # memory plan's reference point (<= 60 GiB per device with remat), and pi3's 64 images per GPU. So
+    # the 24-frame buckets hold 1 clip per device and the 2-frame ones 32 (64 images); global batch =
+    # clips per device x data x fsdp devices (global_batch_size is unused).
+    c.data.tokens_per_device = 24 * 37 * 37
+    c.data.images_per_device = 64
+    # choice: 40K steps; with 64 chips a step holds 64-2048 clips (128-4096 images).
     c.total_steps = 40_000
     c.grad_accum_steps = 1              # choice: raise on small slices to keep the global batch
     # choice: parameters and optimizer state sharded over groups of 8 chips (one host), data
@@ -46,10 +58,12 @@ def get_config(arg=None):
         ("^flow_head/", 10.0, True, False),
     )
 
-    c.data.num_frames = 8               # choice: pi3 trains on 2-24 frames; 8 fixes one static shape
-    c.data.height = 392                 # choice: 392 x 518 = 203K pixels, inside pi3's 100K-255K
+    # Evaluation shape. choice: 8 frames at 392 x 518 = 203K pixels, inside pi3's 100K-255K.
+    c.data.num_frames = 8
+    c.data.height = 392
     c.data.width = 518
-    c.data.pairs_per_sample = 8         # choice: one flow pair per frame on average
+    c.data.pairs_per_sample = 8
+    c.data.pairs_per_frame = 1.0        # choice: one flow pair per frame on average, in every bucket
     # The shard directories must be given (--config.data.sources=...); see data_pipelines/.
     # choice: half of each batch from unlabeled video (pseudo-flow only), half from labeled 3D data;
     # the paper mixes ~834K unlabeled clips with labeled data but gives no ratio.
@@ -58,7 +72,7 @@ def get_config(arg=None):
         {"name": "labeled", "path": "", "labeled": True, "weight": 0.5},
     )
     c.data.eval_sources = ({"name": "labeled_eval", "path": "", "labeled": True},)
-    c.data.worker_count = 8             # choice: decoding 8 x 392 x 518 clips needs several processes
+    c.data.worker_count = 8             # choice: decoding batches of up to 4096 images needs several processes
     c.data.read_threads = 4
 
     c.checkpoint.every_steps = 1_000    # choice: ~1 checkpoint per hour on a v5p-64 class slice

@@ -14,7 +14,6 @@ def get_config(arg=None):
     c = common.get_base_config()
     c.model = sizes.flow3r_tiny()
     c.total_steps = 300
-    c.global_batch_size = 8
     c.mesh.data = -1
     c.optimizer.learning_rate = 1e-3
     c.optimizer.b2 = 0.99
@@ -22,6 +21,11 @@ def get_config(arg=None):
     c.optimizer.warmup_steps = 20
     c.optimizer.final_lr_ratio = 0.1
     c.data.cache_dir = "/tmp/flow3r_jax_cache/synthetic_tiny"
+    # Four shape buckets: 2 or 3 frames, landscape or portrait; 16 images per device per step
+    # (2 frames: 8 clips, 3 frames: 5 clips on one device). Evaluation: 2 frames at 28 x 42.
+    c.data.frame_counts = (2, 3)
+    c.data.resolutions = ((28, 42), (42, 28))
+    c.data.images_per_device = 16
     c.data.num_frames = 2
     c.data.height = 28
     c.data.width = 42

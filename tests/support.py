@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import pathlib
@@ -9,8 +10,12 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 
 from configs import common, flow3r_tiny
+from flow3r_jax.geometry.camera import project_points, reprojection_flow
+from flow3r_jax.geometry.ndc import ndc_to_pixel
+from flow3r_jax.geometry.transforms import se3_inverse, transform_points
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -36,11 +41,17 @@ def set_values(config: ml_collections.ConfigDict, overrides: dict) -> ml_collect
     return config
 
 
+# flow3r_tiny with one fixed training shape (2 frames at 28 x 42, global_batch_size 8 clips) instead of
+# its shape buckets, for the tests that exercise other things (tests/test_buckets.py covers the buckets).
+FIXED_SHAPE = {"data.frame_counts": (), "data.resolutions": (), "data.images_per_device": 0}
+
+
 def tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
-    """configs/flow3r_tiny.py with its synthetic data under `cache_dir` and `overrides` (dotted keys allowed)."""
+    """configs/flow3r_tiny.py at FIXED_SHAPE with its synthetic data under `cache_dir` and `overrides`
+    (dotted keys allowed)."""
     config = flow3r_tiny.get_config()
     config.data.cache_dir = str(cache_dir)
-    return set_values(config, overrides)
+    return set_values(config, FIXED_SHAPE | overrides)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,3 +71,44 @@ def run_tool(name: str, *args: str, timeout: float = 600) -> subprocess.Complete
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def reprojection_errors(batches) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel errors, on the co-visible valid pixels of every flow pair of static-scene training batches,
+    between the batch's flow targets (NDC -> pixels of the target frame) and (a) the reprojection of the
+    source frame's depth with the batch's intrinsics and camera-to-world poses, (b) the projection of its
+    world points into the target camera. Also checks that co-visible targets lie inside the target image."""
+    depth_errors, point_errors = [], []
+    for batch in batches:
+        height, width = batch["images"].shape[2:4]
+        for b in range(batch["images"].shape[0]):
+            pose, intr = batch["camera_poses"][b].astype(np.float64), batch["intrinsics"][b].astype(np.float64)
+            for k, (i, j) in enumerate(batch["pair_indices"][b]):
+                target = ndc_to_pixel(batch["flow_coords"][b, k].astype(np.float64), height, width)
+                covisible = batch["flow_mask"][b, k] > 0.5
+                assert np.all(np.abs(target[covisible] - [[(width - 1) / 2, (height - 1) / 2]])
+                              <= [[width / 2, height / 2]])
+                covisible &= batch["valid_mask"][b, i]
+                reprojected = reprojection_flow(batch["depth"][b, i].astype(np.float64), pose[i], pose[j],
+                                                intr[i], intr[j])
+                depth_errors.append(np.linalg.norm(reprojected.coords_px - target, axis=-1)[covisible])
+                local = transform_points(se3_inverse(pose[j]), batch["points"][b, i].astype(np.float64))
+                projected, _ = project_points(local, intr[j])
+                point_errors.append(np.linalg.norm(projected - target, axis=-1)[covisible])
+    return np.concatenate(depth_errors), np.concatenate(point_errors)
+
+
+def logged_scalars(workdir, tag: str) -> dict:
+    """{step: value} of a scalar TensorBoard tag over all event files of a run, later files overriding."""
+    import tensorflow as tf
+    from tensorboard.util import tensor_util
+
+    files = sorted(glob.glob(str(pathlib.Path(workdir) / "tensorboard" / "events.out.tfevents.*")),
+                   key=lambda f: int(os.path.basename(f).split(".")[3]))
+    values = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values[event.step] = tensor_util.make_ndarray(v.tensor)
+    return values

@@ -83,6 +83,7 @@ def test_cross_field_checks_name_the_key():
     with pytest.raises(ValueError, match="init.kind"):
         setup.check_config(config)
     config = flow3r_tiny.get_config()
+    config.data.images_per_device = 0   # fixed global_batch_size (8), which 3 micro-batches do not split
     config.grad_accum_steps = 3
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
         setup.check_config(config)

@@ -10,13 +10,11 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.buckets import train_buckets
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
-from flow3r_jax.geometry.camera import project_points, reprojection_flow
-from flow3r_jax.geometry.ndc import ndc_to_pixel
-from flow3r_jax.geometry.transforms import se3_inverse, transform_points
-from support import data_config, with_values
+from support import data_config, reprojection_errors, with_values
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
@@ -32,9 +30,14 @@ def data_cfg(tmp_path_factory):
     return cfg
 
 
+def _iterator(cfg, **kwargs):
+    """The training iterator of `cfg` with its buckets at a global batch of 4."""
+    args = dict(seed=0, process_index=0, process_count=1) | kwargs
+    return pipeline.make_train_iterator(cfg, buckets=train_buckets(cfg, global_batch_size=4), **args)
+
+
 def _batches(cfg, n, **kwargs):
-    args = dict(global_batch_size=4, seed=0, process_index=0, process_count=1) | kwargs
-    iterator = pipeline.make_train_iterator(cfg, **args)
+    iterator = _iterator(cfg, **kwargs)
     out = [next(iterator) for _ in range(n)]
     iterator.close()
     return out
@@ -74,24 +77,7 @@ def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
     cfg = with_values(data_cfg, resolutions=[(28, 42), (42, 28), (28, 28)])
     batches = _batches(cfg, 3)
     assert len({b["images"].shape for b in batches}) >= 2
-    depth_errors, point_errors = [], []
-    for batch in batches:
-        height, width = batch["images"].shape[2:4]
-        for b in range(batch["images"].shape[0]):
-            pose, intr = batch["camera_poses"][b].astype(np.float64), batch["intrinsics"][b].astype(np.float64)
-            for k, (i, j) in enumerate(batch["pair_indices"][b]):
-                target = ndc_to_pixel(batch["flow_coords"][b, k].astype(np.float64), height, width)
-                covisible = batch["flow_mask"][b, k] > 0.5
-                assert np.all(np.abs(target[covisible] - [[(width - 1) / 2, (height - 1) / 2]])
-                              <= [[width / 2, height / 2]])
-                covisible &= batch["valid_mask"][b, i]
-                reprojected = reprojection_flow(batch["depth"][b, i].astype(np.float64), pose[i], pose[j],
-                                                intr[i], intr[j])
-                depth_errors.append(np.linalg.norm(reprojected.coords_px - target, axis=-1)[covisible])
-                local = transform_points(se3_inverse(pose[j]), batch["points"][b, i].astype(np.float64))
-                projected, _ = project_points(local, intr[j])
-                point_errors.append(np.linalg.norm(projected - target, axis=-1)[covisible])
-    depth_errors, point_errors = np.concatenate(depth_errors), np.concatenate(point_errors)
+    depth_errors, point_errors = reprojection_errors(batches)
     assert depth_errors.size > 2000
     assert point_errors.max() < 0.05
     assert np.median(depth_errors) < 0.45 and depth_errors.max() < 1.5
@@ -106,8 +92,7 @@ def test_same_seed_gives_identical_batches_for_any_worker_count(data_cfg):
 
 def test_resume_from_iterator_state_and_orbax_checkpoint(data_cfg, tmp_path):
     uninterrupted = _batches(data_cfg, 5)
-    iterator = pipeline.make_train_iterator(data_cfg, global_batch_size=4, seed=0, process_index=0,
-                                            process_count=1)
+    iterator = _iterator(data_cfg)
     _assert_same(uninterrupted[:2], [next(iterator), next(iterator)])
     state = iterator.get_state()
     manager = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("data_iter",))
@@ -116,8 +101,7 @@ def test_resume_from_iterator_state_and_orbax_checkpoint(data_cfg, tmp_path):
     next(iterator)
     iterator.close()
 
-    restored = pipeline.make_train_iterator(data_cfg, global_batch_size=4, seed=0, process_index=0,
-                                            process_count=1)
+    restored = _iterator(data_cfg)
     manager.restore(2, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(restored)))
     _assert_same(uninterrupted[2:], [next(restored) for _ in range(3)])
     restored.set_state(state)
@@ -173,8 +157,7 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
         _batches(cfg, 2)
 
     counter = pipeline.CorruptRecordCounter()
-    iterator = pipeline.make_train_iterator(with_values(cfg, skip_corrupt=True), global_batch_size=4, seed=0,
-                                            process_index=0, process_count=1, corrupt_counter=counter)
+    iterator = _iterator(with_values(cfg, skip_corrupt=True), corrupt_counter=counter)
     batches = [next(iterator) for _ in range(2)]
     iterator.close()
     assert counter.count >= 3  # 8 samples over a 4-record epoch: each bad record is met at least twice
@@ -185,8 +168,7 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
     _write_shard(truncated, records)
     truncated.write_bytes(truncated.read_bytes()[: os.path.getsize(truncated) // 2])
     with pytest.raises(ValueError, match=str(truncated)):
-        pipeline.make_train_iterator(with_values(cfg, sources=[{"path": str(truncated)}]), global_batch_size=4,
-                                     seed=0, process_index=0, process_count=1)
+        _iterator(with_values(cfg, sources=[{"path": str(truncated)}]))
 
 
 def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cfg):

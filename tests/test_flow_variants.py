@@ -46,7 +46,7 @@ def test_variant_trains_a_step_and_outputs_flow(variant, cache_dir):
     program = setup.build_program(config, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = program.init_state()
     initial = jax.device_get(state.params)
-    local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
+    local = next(pipeline.make_train_iterator(config.data, buckets=list(program.buckets), seed=0, process_index=0,
                                               process_count=1))
     assert local["is_labeled"].any() and not local["is_labeled"].all()
     with sharding.use_rules(program.mesh, program.rules):

@@ -9,7 +9,6 @@ The subprocesses share a persistent XLA compilation cache, and the reference run
 in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
 """
 
-import glob
 import os
 import pathlib
 import signal
@@ -20,14 +19,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from support import tiny_config
-from tensorboard.util import tensor_util
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.evaluation import held_out
 from flow3r_jax.train import checkpointing, console, setup, summaries
+from support import logged_scalars, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
@@ -35,6 +33,8 @@ TOTAL_STEPS = 20  # long enough that the killed run is still going when checkpoi
 CHECKPOINT_EVERY = 3
 STRAIGHT_RUN_ARGS = (f"--config.evals.held_out.every_steps={TOTAL_STEPS}", "--config.evals.held_out.num_batches=1",
                      f"--config.logging.image_every_steps={TOTAL_STEPS}")
+# support.FIXED_SHAPE as flags: one training shape (tests/test_buckets.py resumes across buckets).
+FIXED_SHAPE_ARGS = ("--config.data.frame_counts=()", "--config.data.resolutions=()", "--config.data.images_per_device=0")
 KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.image_every_steps=0")
 
 
@@ -48,7 +48,7 @@ def _launch(cache_root, workdir, *extra):
            "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
            "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
            f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", *extra]
+           "--config.optimizer.warmup_steps=2", *FIXED_SHAPE_ARGS, *extra]
     with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -86,7 +86,7 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
     program = setup.build_program(config)
     state = program.init_state()
     initial = jax.device_get(state.params)
-    local = next(pipeline.make_train_iterator(config.data, global_batch_size=8, seed=0, process_index=0,
+    local = next(pipeline.make_train_iterator(config.data, buckets=list(program.buckets), seed=0, process_index=0,
                                               process_count=1))
     losses = []
     with sharding.use_rules(program.mesh, program.rules):
@@ -103,20 +103,6 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
                               final["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"])
 
 
-def _logged(workdir, tag):
-    """{step: value} of a scalar tag over all event files of a run, later files overriding."""
-    files = sorted(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")),
-                   key=lambda f: int(os.path.basename(f).split(".")[3]))
-    import tensorflow as tf
-    values = {}
-    for path in files:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    values[event.step] = tensor_util.make_ndarray(v.tensor)
-    return values
-
-
 def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, straight_run, tmp_path):
     straight_dir, straight = straight_run
     killed_dir = tmp_path / "killed"
@@ -131,14 +117,14 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
     assert resumed.wait(timeout=600) == 0, (killed_dir.parent / "killed.log").read_text()[-3000:]
     assert straight.wait(timeout=600) == 0, (straight_dir.parent / "straight.log").read_text()[-3000:]
 
-    expected, got = _logged(straight_dir, "loss"), _logged(killed_dir, "loss")
+    expected, got = logged_scalars(straight_dir, "loss"), logged_scalars(killed_dir, "loss")
     assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
     assert sorted(got) == sorted(expected)
     for step in expected:
         assert np.isfinite(expected[step])
         np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
-    assert set(_logged(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
-    assert set(_logged(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
+    assert set(logged_scalars(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
+    assert set(logged_scalars(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
 
     restored = {}
     for data, fsdp in ((2, 4), (1, 8)):
@@ -172,13 +158,14 @@ def test_eval_metrics_are_zero_for_a_perfect_prediction(cache_dir):
 
 
 def test_scalar_window_means_skips_and_images(cache_dir):
-    window = summaries.ScalarWindow(frames_per_step=16, peak_flops=1e12)
-    for loss, skipped in ((1.0, 0), (3.0, 1)):
-        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)}, flops_per_step=1e9)
+    window = summaries.ScalarWindow(peak_flops=1e12)
+    for loss, skipped, frames in ((1.0, 0, 16), (3.0, 1, 48)):   # steps of different shape buckets
+        window.add({"loss": np.float32(loss), "skipped": np.int32(skipped)}, frames=frames, flops_per_step=1e9)
     summary = window.summary()
     assert summary["loss"] == 2.0 and summary["skipped_steps"] == 1 and summary["skipped_steps_total"] == 1
     assert summary["perf/frames_per_second"] > 0 and summary["perf/step_time_s"] > 0
     elapsed = 2 * summary["perf/step_time_s"]
+    np.testing.assert_allclose(summary["perf/frames_per_second"] * elapsed, 16 + 48, rtol=1e-9)
     assert summary["perf/tflops"] == pytest.approx(2e9 / elapsed / 1e12)
     assert summary["perf/mfu"] == pytest.approx(2e9 / elapsed / 1e12)
     assert "MFU" in console.progress_line(2, 10, summary)

@@ -26,6 +26,7 @@ from absl import app, flags
 
 from configs import common
 from flow3r_jax.data import pipeline
+from flow3r_jax.data.buckets import Bucket
 from flow3r_jax.data.records import decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
 from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
@@ -95,8 +96,8 @@ def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float]:
     data_cfg = common.get_base_config().data
     data_cfg.update(sources=({"path": shard_dir},), num_frames=_NUM_FRAMES.value, pairs_per_sample=_PAIRS.value,
                     height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
-    iterator = pipeline.make_train_iterator(data_cfg, global_batch_size=_BATCH.value, seed=0, process_index=0,
-                                            process_count=1)
+    bucket = Bucket(_NUM_FRAMES.value, _HEIGHT.value, _WIDTH.value, _PAIRS.value, _BATCH.value)
+    iterator = pipeline.make_train_iterator(data_cfg, buckets=[bucket], seed=0, process_index=0, process_count=1)
     for _ in range(_WARMUP.value):
         next(iterator)
     start, cpu_start = time.perf_counter(), time.process_time()

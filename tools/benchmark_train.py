@@ -11,6 +11,13 @@ peak FLOP/s of the devices (flow3r_jax/perf.py).
   python tools/benchmark_train.py --config configs/flow3r_large.py --frames 24 --height 518 \\
       --width 518 --mesh 1,8,1 --batch 8 --remat none,dots,full
   (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8 for an 8-device mesh)
+
+With --buckets, every shape bucket of the config (flow3r_jax/data/buckets.py; batch sizes from its
+per-device budget on the mesh) is compiled ahead of time instead, one row per bucket: compile time and
+per-device memory (the --frames/--height/--width/--batch/--remat/--run flags are not used):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark_train.py \\
+      --config configs/flow3r_large.py --buckets --mesh 1,8,1
 """
 
 import time
@@ -27,6 +34,8 @@ _MESH = flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes (default: the 
 _REMAT = flags.DEFINE_list("remat", None, "Remat policies to compare (default: the config's).")
 _RUN = flags.DEFINE_bool("run", None, "Allocate and time the step (default: on non-CPU backends).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
+_BUCKETS = flags.DEFINE_bool("buckets", False, "Compile every shape bucket of the config and print compile "
+                              "time and per-device memory per bucket (see the module docstring).")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU "
                                   "(default: flow3r_jax.perf's table, bf16 dense; measured on CPU).")
 flags.mark_flags_as_required(["config"])
@@ -103,12 +112,52 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
     return row
 
 
+# ---- Shape buckets (--buckets) ----
+
+def benchmark_buckets(config, mesh_sizes) -> None:
+    """Prints one row per shape bucket of `config` on a (data, fsdp, tensor) mesh: the bucket's global and
+    per-device batch, patch tokens per device, AOT compile seconds, per-device argument / temporary /
+    output / peak memory (XLA memory analysis; peak = arguments + temporaries + outputs - aliased)."""
+    import jax
+
+    from flow3r_jax import sharding
+    from flow3r_jax.train import setup
+
+    program = setup.build_program(config, sharding.make_mesh(*mesh_sizes))
+    devices = setup.batch_devices(program.mesh, program.rules)
+    patch = config.data.patch_size
+    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, mesh (data, fsdp, tensor)={mesh_sizes}, "
+          f"{len(program.buckets)} buckets, dtype {config.model.dtype}, remat {config.model.remat_policy}")
+    print(f"{'frames':>6} {'H x W':>9} {'pairs':>5} {'batch':>6} {'/device':>7} {'tokens/dev':>10} {'compile s':>9} "
+          f"{'args GiB':>8} {'temp GiB':>8} {'out GiB':>7} {'peak GiB':>8}")
+    total = time.perf_counter()
+    for bucket in program.buckets:
+        start = time.perf_counter()
+        compiled = program.compile(program.bucket_spec(bucket))
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        args, temp, out, alias = (getattr(memory, f"{k}_size_in_bytes") / GIB
+                                  for k in ("argument", "temp", "output", "alias"))
+        per_device = bucket.batch_size // devices
+        print(f"{bucket.num_frames:>6} {f'{bucket.height}x{bucket.width}':>9} {bucket.num_pairs:>5} "
+              f"{bucket.batch_size:>6} {per_device:>7} {per_device * bucket.tokens(patch):>10} {compile_s:>9.1f} "
+              f"{args:>8.2f} {temp:>8.2f} {out:>7.2f} {args + temp + out - alias:>8.2f}", flush=True)
+    print(f"{len(program.buckets)} programs compiled in {time.perf_counter() - total:.0f} s")
+
+# ---- end of shape buckets ----
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
     config = _CONFIG.value
+    if _BUCKETS.value:
+        mesh_sizes = (tuple(int(v) for v in _MESH.value.split(",")) if _MESH.value
+                      else (config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+        benchmark_buckets(config, mesh_sizes)
+        return
     frames = _FRAMES.value or config.data.num_frames
     height, width = _HEIGHT.value or config.data.height, _WIDTH.value or config.data.width
     batch = _BATCH.value or config.global_batch_size

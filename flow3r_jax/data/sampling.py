@@ -1,4 +1,4 @@
-"""Which frames, flow pairs and output resolution make up a training sample.
+"""Which frames and flow pairs make up a sample, and the random generator of each training sample.
 
 Frame subset (N frames out of a clip of T >= N): pairs-first. The clip's stored flow pairs are visited
 in random order (stored order when deterministic); a pair is kept when its frames are already chosen or
@@ -8,10 +8,8 @@ by time. The sample's S pairs are then the first S stored pairs (in visiting ord
 both lie in the subset, re-indexed into the subset; when fewer exist the rest are padding pairs (0, 0)
 whose flow mask is all zero.
 
-Resolution: one (H, W) per global batch, drawn from a fixed list by (seed, step), so every host
-builds batches of the same static shape and the set of shapes the model compiles for is finite. The
-list is either given explicitly or derived from a pixel budget and an aspect-ratio range (both sides
-multiples of the patch size).
+The number of frames and pairs and the output size come from the batch's shape bucket
+(flow3r_jax/data/buckets.py).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import dataclasses
 
 import numpy as np
 
-RESOLUTION_STREAM = 1
 SAMPLE_STREAM = 2
 
 
@@ -64,33 +61,6 @@ def select_frames_and_pairs(num_clip_frames: int, clip_pairs: np.ndarray, num_fr
         pair_rows[k] = row
         pair_indices[k] = [slot[int(clip_pairs[row][0])], slot[int(clip_pairs[row][1])]]
     return FrameSelection(frames=frames, pair_rows=pair_rows, pair_indices=pair_indices)
-
-
-def resolution_list(pixel_budget: int, aspect_range: tuple[float, float], num_aspects: int,
-                    patch_size: int) -> list[tuple[int, int]]:
-    """(H, W) pairs, multiples of `patch_size`, with H * W close to `pixel_budget` and aspect W / H
-    log-spaced over `aspect_range` (geometric mean when num_aspects == 1); duplicates removed."""
-    low, high = aspect_range
-    if not 0 < low <= high or num_aspects < 1 or pixel_budget < patch_size ** 2:
-        raise ValueError(f"invalid resolution settings: pixel_budget={pixel_budget}, "
-                         f"aspect_range={aspect_range}, num_aspects={num_aspects}, patch_size={patch_size}")
-    aspects = [float(np.sqrt(low * high))] if num_aspects == 1 else np.geomspace(low, high, num_aspects)
-    out: list[tuple[int, int]] = []
-    for aspect in aspects:
-        height = np.sqrt(pixel_budget / aspect)
-        size = tuple(max(patch_size, int(round(side / patch_size)) * patch_size)
-                     for side in (height, height * aspect))
-        if size not in out:
-            out.append(size)
-    return out
-
-
-def batch_resolution(resolutions: list[tuple[int, int]], seed: int, step: int) -> tuple[int, int]:
-    """The (H, W) of global batch `step`: a uniform draw from `resolutions` keyed by (seed, step)."""
-    if len(resolutions) == 1:
-        return tuple(resolutions[0])
-    rng = np.random.default_rng([seed, RESOLUTION_STREAM, step])
-    return tuple(resolutions[int(rng.integers(len(resolutions)))])
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

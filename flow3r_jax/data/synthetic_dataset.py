@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Any
 
+from flow3r_jax.data.buckets import bucket_shapes
 from flow3r_jax.data.records import encode_clip
 from flow3r_jax.data.shard_writer import complete_manifest, finished_shard, input_seed, write_manifest, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
@@ -68,8 +69,8 @@ def synthetic_split_settings(data_cfg, split: str) -> dict[str, Any]:
     """Arguments of `build_synthetic_shards` for split "train" or "eval" of a data config.
 
     Rendered size: data.synthetic_height/width, else data.height/width; frames and pairs per clip:
-    data.synthetic_frames_per_clip (else max(4, num_frames)) and synthetic_pairs_per_clip (else
-    2 * pairs_per_sample); the eval split uses synthetic_seed + 1.
+    data.synthetic_frames_per_clip (else max(4, num_frames, the buckets' frame counts)) and
+    synthetic_pairs_per_clip (else 2 * pairs_per_sample); the eval split uses synthetic_seed + 1.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {SPLITS}, got {split!r}")
@@ -79,7 +80,8 @@ def synthetic_split_settings(data_cfg, split: str) -> dict[str, Any]:
             "seed": int(data_cfg.synthetic_seed) + (split == "eval"),
             "height": int(data_cfg.synthetic_height or data_cfg.height),
             "width": int(data_cfg.synthetic_width or data_cfg.width),
-            "frames_per_clip": int(data_cfg.synthetic_frames_per_clip or max(4, data_cfg.num_frames)),
+            "frames_per_clip": int(data_cfg.synthetic_frames_per_clip or max(
+                4, data_cfg.num_frames, *(n for n, _, _ in bucket_shapes(data_cfg)))),
             "pairs_per_clip": int(data_cfg.synthetic_pairs_per_clip or 2 * data_cfg.pairs_per_sample),
             "dynamic": bool(data_cfg.synthetic_dynamic)}
 

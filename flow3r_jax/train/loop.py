@@ -1,7 +1,9 @@
 """The training loop: one readable function from a config and a work directory to a trained model.
 
-    train program (setup.py) -> data iterator -> restore latest checkpoint or initialise
-    -> for each step: host batch -> global batch -> train step -> progress / summaries / evaluators / checkpoint
+    train program (setup.py) -> train step compiled for every shape bucket -> data iterator
+    -> restore latest checkpoint or initialise
+    -> for each step: host batch -> global batch -> its bucket's train step -> progress / summaries /
+       evaluators / checkpoint
 
 Work directory layout: `config.json` (the resolved config, run_config.py), `checkpoints/` (Orbax, with the
 data-iterator state), `tensorboard/` (event files, process 0 only), `evaluations/` (files written by
@@ -50,9 +52,9 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
 
     if synthetic_splits(config.data):
         ensure_synthetic_dataset(config.data)
-    data_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.global_batch_size,
-                                             seed=config.seed, process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+    bucket_steps = program.compile_buckets()
+    data_iter = pipeline.make_train_iterator(config.data, buckets=list(program.buckets), seed=config.seed,
+                                             process_index=jax.process_index(), process_count=jax.process_count())
     train_state = checkpointing.restore(manager, program.layout.abstract, data_iter)
     if train_state is None:
         train_state = program.init_state()
@@ -60,14 +62,14 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
     logging.info("starting at step %d of %d", start_step, config.total_steps)
 
     evaluators = build_evaluators(config, workdir)
-    # Sample 0 of a global batch, replicated so that every host can read it (image summaries).
-    first_sample = jax.jit(lambda tree: jax.tree.map(lambda x: x[:1], tree), out_shardings=sharding.replicated(mesh))
+    # Image summaries show the first held-out sample: one fixed shape, whatever the training buckets.
+    image_sample = pipeline.make_eval_dataset(config.data, batch_size=1)[0] if config.logging.image_every_steps \
+        else None
     hooks = []
     if config.logging.profile_num_steps > 0 and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.logging.profile_num_steps,
                                               first_profile=config.logging.profile_start_step, every_secs=None))
-    window = summaries.ScalarWindow(frames_per_step=config.global_batch_size * config.data.num_frames,
-                                    peak_flops=perf.peak_flops(list(mesh.devices.flat)))
+    window = summaries.ScalarWindow(peak_flops=perf.peak_flops(list(mesh.devices.flat)))
     step_flops = summaries.train_flops_counter(config.model, program.frozen)
     evaluations = {}
     try:
@@ -75,8 +77,10 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
             for step in range(start_step + 1, config.total_steps + 1):
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     batch = program.global_batch(next(data_iter))
-                    train_state, step_metrics = program.train_step(train_state, batch)
-                window.add(step_metrics, step_flops(batch))
+                    bucket = program.bucket_of(batch)
+                    train_state, step_metrics = bucket_steps[bucket](train_state, batch)
+                window.add(step_metrics, frames=bucket.batch_size * bucket.num_frames,
+                           flops_per_step=step_flops(batch))
                 for hook in hooks:
                     hook(step)
                 last = step == config.total_steps
@@ -85,9 +89,8 @@ def train_and_evaluate(config, workdir: str) -> TrainOutcome:
                     writer.write_scalars(step, summary)
                     logging.info("%s", console.progress_line(step, config.total_steps, summary))
                 if config.logging.image_every_steps and step % config.logging.image_every_steps == 0:
-                    sample = jax.device_get(first_sample(batch))
-                    outputs = program.predict_fn(train_state)(sample["images"], sample["pair_indices"])
-                    writer.write_images(step, summaries.prediction_images(sample, outputs))
+                    outputs = program.predict_fn(train_state)(image_sample["images"], image_sample["pair_indices"])
+                    writer.write_images(step, summaries.prediction_images(image_sample, outputs))
                 due = [name for name, (every, _) in evaluators.items() if every and (step % every == 0 or last)]
                 if due:
                     predict = program.predict_fn(train_state)

@@ -3,24 +3,31 @@
 The training loop, the benchmarks (ahead-of-time compilation from abstract inputs), the flow-supervision
 study and the tests all build their program here, so they compile exactly what a run compiles:
 
-    config -> checks -> mesh + logical rules -> model function -> optimizer (groups, schedule, frozen mask)
-    -> abstract state + shardings (StateLayout) -> jitted train step; batch specs and predict functions
+    config -> checks -> mesh + logical rules -> shape buckets (batch sizes from the per-device budget)
+    -> model function -> optimizer (groups, schedule, frozen mask) -> abstract state + shardings
+    (StateLayout) -> jitted train step; batch specs, per-bucket AOT programs and predict functions
 
-Nothing is allocated until `init_state` is called.
+Nothing is allocated until `init_state` is called. A run compiles the train step once per bucket, ahead
+of time (`compile_buckets`), and then only calls those executables: the number of train-step
+compilations is the number of buckets for the whole run (a batch of another shape is an error).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from collections.abc import Callable
 
 import jax
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
 from flow3r_jax import sharding
+from flow3r_jax.data.buckets import Bucket, train_buckets
 from flow3r_jax.inference.predictor import PredictFn, make_forward
 from flow3r_jax.losses import compute_losses
 from flow3r_jax.models import build_model
@@ -40,11 +47,16 @@ def check_config(config, process_count: int | None = None) -> None:
         raise ValueError(f"init.kind={config.init.kind!r}; expected one of {INIT_KINDS}")
     if config.init.kind != "scratch" and not config.init.checkpoint_path:
         raise ValueError(f"init.kind={config.init.kind!r} needs init.checkpoint_path")
-    per_host, rest = divmod(config.global_batch_size, process_count)
-    if rest:
-        raise ValueError(f"global_batch_size={config.global_batch_size} not divisible by {process_count} processes")
-    if per_host % config.grad_accum_steps:
-        raise ValueError(f"per-host batch {per_host} not divisible by grad_accum_steps={config.grad_accum_steps}")
+    if config.grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps={config.grad_accum_steps} must be positive")
+    if not (config.data.tokens_per_device > 0 or config.data.images_per_device > 0):
+        per_host, rest = divmod(config.global_batch_size, process_count)
+        if rest:
+            raise ValueError(f"global_batch_size={config.global_batch_size} not divisible by {process_count} "
+                             "processes")
+        if per_host % config.grad_accum_steps:
+            raise ValueError(f"per-host batch {per_host} not divisible by grad_accum_steps="
+                             f"{config.grad_accum_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +69,7 @@ class TrainProgram:
     layout: state_lib.StateLayout        # model graph, optimizer, abstract state and its shardings
     schedule: optax.Schedule
     frozen: dict                          # pytree of bools over the params
+    buckets: tuple[Bucket, ...]           # training batch shapes with their global batch sizes
     train_step: Callable                  # jitted (state, global batch) -> (state, metrics)
     forward: Callable                     # (params, buffers, images, pair_indices) -> numpy outputs
 
@@ -80,6 +93,26 @@ class TrainProgram:
         with sharding.use_rules(self.mesh, self.rules):
             return self.train_step.lower(self.layout.abstract, batch_spec).compile()
 
+    def bucket_spec(self, bucket: Bucket) -> dict:
+        """Abstract global batch of one bucket."""
+        return self.batch_spec(bucket.batch_size, bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width)
+
+    def compile_buckets(self) -> dict[Bucket, Callable]:
+        """{bucket: the train step compiled ahead of time for it}, for every bucket (logs count and time)."""
+        start = time.perf_counter()
+        programs = {bucket: self.compile(self.bucket_spec(bucket)) for bucket in self.buckets}
+        logging.info("compiled the train step for %d buckets in %.1f s: %s", len(programs),
+                     time.perf_counter() - start, ", ".join(str(b) for b in programs))
+        return programs
+
+    def bucket_of(self, batch: dict) -> Bucket:
+        """The bucket whose shape a global batch has; ValueError if none."""
+        b, n, h, w = batch["images"].shape[:4]
+        bucket = Bucket(num_frames=n, height=h, width=w, num_pairs=batch["pair_indices"].shape[1], batch_size=b)
+        if bucket not in self.buckets:
+            raise ValueError(f"batch of shape {bucket} matches no training bucket of {[str(b) for b in self.buckets]}")
+        return bucket
+
     def predict_fn(self, state: state_lib.TrainState) -> PredictFn:
         """A numpy predict function of the model with the weights of `state` (inference/predictor.py)."""
         return functools.partial(self.forward, state.params, state.buffers)
@@ -90,11 +123,28 @@ def make_mesh(config) -> Mesh:
     return sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
+def batch_devices(mesh: Mesh, rules) -> int:
+    """Number of devices the batch axis is split over (the mesh axes of the logical "batch" rule)."""
+    axes = sharding.batch_sharding(mesh, rules, 1).spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in `directory` (before the first compilation)."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+
+
 def build_program(config, mesh: Mesh | None = None) -> TrainProgram:
     """Checks `config` and builds its train program on `mesh` (default: the config's mesh)."""
     check_config(config)
+    if config.compilation_cache_dir:
+        use_compilation_cache(config.compilation_cache_dir)
     mesh = make_mesh(config) if mesh is None else mesh
     rules = sharding.rules_from_config(config.sharding.rules)
+    buckets = train_buckets(config.data, global_batch_size=config.global_batch_size,
+                            batch_devices=batch_devices(mesh, rules), grad_accum_steps=config.grad_accum_steps,
+                            process_count=jax.process_count())
 
     def model_fn(rngs):
         return build_model(config.model, rngs=rngs)
@@ -110,7 +160,7 @@ def build_program(config, mesh: Mesh | None = None) -> TrainProgram:
         frozen=frozen, accum_steps=config.grad_accum_steps, mesh=mesh, rules=rules,
         batch_shardings=train_step_lib.contract_shardings(mesh, rules))
     return TrainProgram(config=config, mesh=mesh, rules=rules, layout=layout, schedule=schedule, frozen=frozen,
-                        train_step=step, forward=make_forward(layout.graphdef, mesh, rules))
+                        buckets=tuple(buckets), train_step=step, forward=make_forward(layout.graphdef, mesh, rules))
 
 
 def _weight_loader(config):

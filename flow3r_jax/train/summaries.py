@@ -50,16 +50,18 @@ class ScalarWindow:
     `peak_flops`: FLOP/s of all devices (perf.peak_flops) for perf/mfu; None leaves MFU out.
     """
 
-    def __init__(self, frames_per_step: int, peak_flops: float | None = None):
-        self.frames_per_step = frames_per_step
+    def __init__(self, peak_flops: float | None = None):
         self.peak_flops = peak_flops
         self.skipped_total = 0
         self._steps: list[dict] = []
+        self._frames = 0
         self._flops = 0.0
         self._start = time.perf_counter()
 
-    def add(self, metrics: dict, flops_per_step: float = 0.0) -> None:
+    def add(self, metrics: dict, frames: int, flops_per_step: float = 0.0) -> None:
+        """One step's metrics, the number of frames (clips x frames) it trained on and its model FLOPs."""
         self._steps.append(metrics)
+        self._frames += frames
         self._flops += flops_per_step
 
     def summary(self) -> dict[str, float]:
@@ -72,12 +74,13 @@ class ScalarWindow:
         self.skipped_total += skipped
         out.update({"skipped_steps": skipped, "skipped_steps_total": self.skipped_total,
                     "perf/step_time_s": elapsed / count,
-                    "perf/frames_per_second": count * self.frames_per_step / elapsed})
+                    "perf/frames_per_second": self._frames / elapsed})
         if self._flops:
             out["perf/tflops"] = self._flops / elapsed / 1e12
             if self.peak_flops:
                 out["perf/mfu"] = self._flops / elapsed / self.peak_flops
         self._steps = []
+        self._frames = 0
         self._flops = 0.0
         self._start = time.perf_counter()
         return out
