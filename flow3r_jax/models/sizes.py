@@ -36,8 +36,10 @@ def _base(enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, head_dim
     # Rematerialisation of each transformer block: "none", "full" (save nothing) or "dots"
     # (save matmul outputs without batch dims).
     m.remat_policy = "none"
-    # Attention kernel for jax.nn.dot_product_attention: None lets XLA choose ("xla"/"cudnn").
-    m.attention_impl = None
+    # Attention kernel (flow3r_jax/models/attention.py): "auto" (TPU: "splash", GPU: "cudnn" for 16-bit
+    # compute else "chunked", CPU: "chunked"), "chunked" (memory-linear XLA, any platform), "splash"
+    # (Pallas TPU kernel), "cudnn" (fused GPU kernel) or "xla" (reference; quadratic memory).
+    m.attention_impl = "auto"
     return m
 
 
