@@ -18,8 +18,9 @@ def get_config(arg=None):
     c.model = sizes.flow3r_large()
     c.model.dtype = "bfloat16"          # pi3: bf16 mixed precision (parameters stay float32)
     c.model.remat_policy = "dots"       # pi3: gradient checkpointing; choice: keep matmul outputs
-    # choice: XLA picks the attention kernel; on NVIDIA GPUs pass --config.model.attention_impl=cudnn
-    # (flash attention: memory linear in the 8 x 28 x 37 tokens of a clip instead of quadratic).
+    # model.attention_impl stays "auto": splash attention on TPU, cuDNN flash attention on GPU (bf16),
+    # the chunked XLA kernel on CPU; all three keep attention memory linear in the 8 x (5 + 28 x 37)
+    # tokens of a clip's global blocks instead of quadratic (flow3r_jax/models/attention.py).
 
     # choice: 64 clips per step for 40K steps = 2.56M clip samples, about three passes over ~834K
     # clips; the paper gives neither batch size nor step count.
