@@ -82,9 +82,10 @@ def test_chunked_bfloat16_stays_close_to_float32_reference():
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=3e-2)
 
 
-@pytest.mark.parametrize("implementation", ["chunked", "xla"])
+@pytest.mark.parametrize("implementation, kwargs", [
+    ("chunked", dict(chunk_size=4)), ("xla", {}), ("splash", dict(splash_block=128, interpret=True))])
 @pytest.mark.parametrize("clips", [4, 1])
-def test_sharded_over_the_mesh_matches_unsharded(implementation, clips):
+def test_sharded_over_the_mesh_matches_unsharded(implementation, kwargs, clips):
     # Batch over (data, fsdp) = 4 devices, heads over tensor = 2; with 1 clip the batch axis cannot be
     # split and stays whole on every device.
     mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
@@ -93,7 +94,7 @@ def test_sharded_over_the_mesh_matches_unsharded(implementation, clips):
     with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, "tensor", None))
         q, k, v, ct = (jax.device_put(x, spec) for x in (q, k, v, ct))
-        out, grads = _value_and_grads(implementation, q, k, v, ct, chunk_size=4)
+        out, grads = _value_and_grads(implementation, q, k, v, ct, **kwargs)
     per_device_batch = clips // 4 if clips % 4 == 0 else clips
     assert out.sharding.shard_shape(out.shape) == (per_device_batch, FRAMES * TOKENS, HEADS // 2, DIM)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), **TOL)

@@ -274,9 +274,11 @@ def splash_attention(q, k, v, *, block: int = DEFAULT_SPLASH_BLOCK, interpret: b
     return jnp.einsum("bhtd->bthd", out)[:, :length]
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
-    """A splash kernel for `heads` heads attending over `length` tokens (full mask), blocks of `block`."""
+    """A splash kernel for `heads` heads attending over `length` tokens (full mask), blocks of `block`.
+
+    Built afresh in each trace: the kernel holds its block-mask arrays, which are traced values
+    inside shard_map and must not outlive the trace."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     mask = splash.MultiHeadMask([splash.FullMask((length, length)) for _ in range(heads)])
