@@ -96,10 +96,8 @@ def dot_product_attention(q, k, v, *, implementation: str = "auto", chunk_size: 
                          f"{q.shape}, {k.shape}, {v.shape}")
     # Interpret mode emulates the TPU kernel anywhere, so it skips the platform check.
     name = "splash" if interpret and implementation == "splash" else resolve_implementation(implementation, q.dtype)
-    if name == "xla":
-        fn = functools.partial(jax.nn.dot_product_attention, implementation="xla")
-    elif name == "cudnn":
-        fn = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
+    if name in ("xla", "cudnn"):
+        fn = functools.partial(jax.nn.dot_product_attention, implementation=name)
     elif name == "splash":
         fn = functools.partial(splash_attention, block=splash_block, interpret=interpret)
     else:
