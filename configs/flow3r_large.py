@@ -17,9 +17,13 @@ def get_config(arg=None):
     c = common.get_base_config()
     c.model = sizes.flow3r_large()
     c.model.dtype = "bfloat16"          # pi3: bf16 mixed precision (parameters stay float32)
-    c.model.remat_policy = "dots"       # pi3: gradient checkpointing; choice: keep matmul outputs
-    # choice: XLA picks the attention kernel; on NVIDIA GPUs pass --config.model.attention_impl=cudnn
-    # (flash attention: memory linear in the up to 24 x 36 x 36 tokens of a clip instead of quadratic).
+    # pi3: gradient checkpointing; choice: "full" (save nothing per block), the policy under which the
+    # largest bucket (one 24 x 518 x 518 clip per device) fits 60 GiB per device: 21.6 GiB against 72.5
+    # GiB with "dots" (README, memory plan).
+    c.model.remat_policy = "full"
+    # model.attention_impl stays "auto": splash attention on TPU, cuDNN flash attention on GPU (bf16),
+    # the chunked XLA kernel on CPU; all three keep attention memory linear in the up to 24 x (5 + 37 x 37)
+    # tokens of a clip's global blocks instead of quadratic (flow3r_jax/models/attention.py).
 
     # Shape buckets (flow3r_jax/data/buckets.py), pi3's ranges: 2-24 frames per clip, 100K-255K pixels
     # per image, aspect ratios W / H 0.5-2.0, patch 14. choice: 4 frame counts x 2 pixel levels x 3

@@ -17,7 +17,7 @@ PAIRS = jnp.asarray([[[0, 1], [1, 0]]], jnp.int32)
 
 
 def _scanned_blocks_loss_and_grads(remat_policy):
-    blocks = stacked(lambda r: Block(32, 2, 4, layerscale_init=0.1, qk_norm=True, attention_impl=None,
+    blocks = stacked(lambda r: Block(32, 2, 4, layerscale_init=0.1, qk_norm=True, attention_impl="auto",
                                      dtype=jnp.float32, rngs=r), 3, nnx.Rngs(0))
     graphdef, params = nnx.split(blocks)
     tokens = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 32)), jnp.float32)

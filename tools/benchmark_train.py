@@ -82,6 +82,7 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
 
     config.model.remat_policy = remat
     config.global_batch_size = batch
+    config.init.kind = "scratch"    # the step's cost does not depend on the initial weights
     program = setup.build_program(config, sharding.make_mesh(*mesh_sizes))
     spec = program.batch_spec(batch, frames, config.data.pairs_per_sample, height, width)
     start = time.perf_counter()
@@ -152,6 +153,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    from flow3r_jax.models.attention import resolve_implementation
+    from flow3r_jax.models.flow3r import DTYPES
+
     config = _CONFIG.value
     if _BUCKETS.value:
         mesh_sizes = (tuple(int(v) for v in _MESH.value.split(",")) if _MESH.value
@@ -165,8 +169,10 @@ def main(argv):
                   else (config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
     run = jax.default_backend() != "cpu" if _RUN.value is None else _RUN.value
     policies = _REMAT.value or [config.model.remat_policy]
+    attention = resolve_implementation(config.model.attention_impl, DTYPES[config.model.dtype])
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, mesh (data, fsdp, tensor)={mesh_sizes}, "
-          f"batch {batch} x {frames} frames x {height}x{width}, dtype {config.model.dtype}")
+          f"batch {batch} x {frames} frames x {height}x{width}, dtype {config.model.dtype}, "
+          f"attention {config.model.attention_impl!r} -> {attention!r}")
     header = (f"{'remat':>6} {'compile s':>10} {'args GiB':>9} {'temp GiB':>9} {'out GiB':>8} {'peak GiB':>9} "
               f"{'GFLOP/dev':>10} {'step s':>8} {'MFU':>6}")
     print(header)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flow3r_jax.models.attention import check_implementation, dot_product_attention
 from flow3r_jax.models.rope import apply_rope2d
 from flow3r_jax.sharding import constrain, partitioned
 
@@ -65,15 +66,17 @@ class Attention(nnx.Module):
 
     Parameters: `qkv_kernel` (C, 3, heads, head_dim) with the q, k, v order of the fused PyTorch
     `qkv` Linear, `qkv_bias` (3, heads, head_dim), `proj` Linear (C -> C). Softmax scale head_dim**-0.5.
+    `attention_impl` names the kernel (flow3r_jax/models/attention.py: "auto", "xla", "chunked",
+    "cudnn", "splash").
     """
 
     def __init__(self, dim: int, num_heads: int, *, qk_norm: bool, qk_norm_eps: float = 1e-5,
-                 attention_impl: str | None, dtype, rngs: nnx.Rngs):
+                 attention_impl: str, dtype, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
         head_dim = dim // num_heads
         self.num_heads, self.head_dim, self.dtype = num_heads, head_dim, dtype
-        self.attention_impl = attention_impl
+        self.attention_impl = check_implementation(attention_impl)
         key = rngs.params()
         self.qkv_kernel = nnx.Param(
             _trunc_normal(key, (dim, 3, num_heads, head_dim), jnp.float32),
@@ -97,7 +100,7 @@ class Attention(nnx.Module):
             q = apply_rope2d(q, positions, rope_base)
             k = apply_rope2d(k, positions, rope_base)
         q, k, v = (constrain(t, ("batch", "tokens", "act_heads", None)) for t in (q, k, v))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = dot_product_attention(q, k, v, implementation=self.attention_impl)
         out = out.reshape(out.shape[0], out.shape[1], self.num_heads * self.head_dim)
         return self.proj(out)
 
@@ -110,7 +113,7 @@ class Block(nnx.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int, *, layerscale_init: float | None,
-                 qk_norm: bool, attention_impl: str | None, dtype, rngs: nnx.Rngs, norm_eps: float = 1e-6):
+                 qk_norm: bool, attention_impl: str, dtype, rngs: nnx.Rngs, norm_eps: float = 1e-6):
         self.norm1 = layer_norm(dim, norm_eps, dtype=dtype, rngs=rngs)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
         self.norm2 = layer_norm(dim, norm_eps, dtype=dtype, rngs=rngs)

@@ -39,8 +39,10 @@ def _base(enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, head_dim
     # Unroll the scans over layers (encoder blocks, decoder block pairs, per-output decoder blocks):
     # slower compiles; lets XLA's cost analysis count every layer (flow3r_jax/models/flops.py).
     m.scan_unroll = False
-    # Attention kernel for jax.nn.dot_product_attention: None lets XLA choose ("xla"/"cudnn").
-    m.attention_impl = None
+    # Attention kernel (flow3r_jax/models/attention.py): "auto" (TPU: "splash", GPU: "cudnn" for 16-bit
+    # compute else "chunked", CPU: "chunked"), "chunked" (memory-linear XLA, any platform), "splash"
+    # (Pallas TPU kernel), "cudnn" (fused GPU kernel) or "xla" (reference; quadratic memory).
+    m.attention_impl = "auto"
     return m
 
 
