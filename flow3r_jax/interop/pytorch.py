@@ -11,9 +11,11 @@ transposes and reshapes).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import io
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -68,6 +70,34 @@ def _torch_state_dict(source) -> dict:
     return raw
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jax.numpy.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
+def _memory_mapped_safetensors(path: str) -> TensorFile:
+    """Zero-copy numpy views into a memory-mapped `.safetensors` file (the safetensors package copies
+    every tensor it returns). Layout: u64 little-endian header size, JSON header {key: {dtype, shape,
+    data_offsets}}, then the data; offsets count from the end of the header."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    header_size = int(data[:8].view("<u8")[0])
+    try:
+        header = json.loads(bytes(data[8:8 + header_size]))
+    except ValueError as e:
+        raise ValueError(f"{path}: not a safetensors file (unreadable header)") from e
+    header.pop("__metadata__", None)
+    start = 8 + header_size
+
+    def read(key: str) -> np.ndarray:
+        entry = header[key]
+        if entry["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {key} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        return data[start + begin:start + end].view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    return TensorFile({k: tuple(v["shape"]) for k, v in header.items()}, read)
+
+
 @contextlib.contextmanager
 def open_state_dict(path: str | os.PathLike) -> Iterator[TensorFile]:
     """Opens a `.safetensors` / `.bin` / `.pt` / `.pth` state_dict (local path or URL) for reading."""
@@ -78,10 +108,7 @@ def open_state_dict(path: str | os.PathLike) -> Iterator[TensorFile]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     local = not is_url(path)
     if suffix == SAFETENSORS_SUFFIX and local:
-        from safetensors import safe_open
-
-        with safe_open(os.fspath(path), framework="numpy") as f:
-            yield TensorFile({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.get_tensor)
+        yield _memory_mapped_safetensors(os.fspath(path))
         return
     if suffix == SAFETENSORS_SUFFIX:
         from safetensors.numpy import load
@@ -112,6 +139,16 @@ def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) 
         else:
             import torch
             torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
+
+
+def convert_to_safetensors(source: str | os.PathLike, destination: str | os.PathLike) -> int:
+    """Rewrites a PyTorch `.bin`/`.pt`/`.pth` state_dict as `.safetensors` (floating tensors as float32),
+    atomically; afterwards loading needs no torch. Returns the number of tensors."""
+    if epath.Path(destination).suffix != SAFETENSORS_SUFFIX:
+        raise ValueError(f"{destination}: the converted file must end in {SAFETENSORS_SUFFIX}")
+    state_dict = load_state_dict(source)
+    save_state_dict(state_dict, destination)
+    return len(state_dict)
 
 
 def _flat_params(state) -> dict[tuple, object]:
@@ -175,27 +212,25 @@ def read_params(path: str | os.PathLike, cfg, targets: dict[tuple, jax.ShapeDtyp
     targets: {nnx parameter path: ShapeDtypeStruct} (sharding None: the default device). `missing_ok`:
     key prefixes that may be absent (their parameters are not returned). The keys are checked before
     any tensor is read; tensors are then read, transformed to our layout and placed one parameter at a
-    time, so the host holds one parameter's copy at most besides the (memory-mapped) file.
+    time (one per core at once), so the host holds a few parameters' copies at most besides the
+    (memory-mapped) file.
     """
     with open_state_dict(path) as tensors:
         rules = _check_keys(tensors, cfg, targets, missing_ok, str(path))
         by_path: dict[tuple, dict] = {}
         for rule in rules:
             by_path.setdefault(rule.jax_path, {})[rule.layer] = rule
-        out = {}
-        for jax_path, by_layer in by_path.items():
-            target = targets[jax_path]
-            layer_shape = tuple(target.shape[1:]) if None not in by_layer else tuple(target.shape)
 
-            def convert(rule, shape=layer_shape):
-                return TRANSFORMS[rule.transform][0](tensors.tensor(rule.torch_key), shape)
+        def load(jax_path):
+            by_layer, target = by_path[jax_path], targets[jax_path]
+            shape = tuple(target.shape[1:]) if None not in by_layer else tuple(target.shape)
+            values = [TRANSFORMS[r.transform][0](tensors.tensor(r.torch_key), shape)
+                      for _, r in sorted(by_layer.items(), key=lambda item: -1 if item[0] is None else item[0])]
+            return _place(values[0] if None in by_layer else np.stack(values, axis=0), target)
 
-            if None in by_layer:
-                value = convert(by_layer[None])
-            else:
-                value = np.stack([convert(by_layer[i]) for i in range(len(by_layer))], axis=0)
-            out[jax_path] = _place(value, target)
-    return out
+        # numpy copies and transfers release the GIL: one thread per core overlaps them.
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+            return dict(zip(by_path, pool.map(load, by_path), strict=True))
 
 
 def pytorch_weight_loader(path: str | os.PathLike, cfg, *, missing_ok: Sequence[str] = ()) -> Callable:
