@@ -9,8 +9,6 @@ another machine); Ctrl-C stops it. Library: flow3r_jax/inference/viewer.py.
 
 from __future__ import annotations
 
-import time
-
 from absl import app, flags
 
 from flow3r_jax.inference import viewer
@@ -24,13 +22,7 @@ _MAX_POINTS = flags.DEFINE_integer("max_points", viewer.DEFAULT_MAX_POINTS,
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python tools/view.py OUT_DIR [--host ...] [--port ...]")
-    server = viewer.serve(argv[1], host=_HOST.value, port=_PORT.value, max_points=_MAX_POINTS.value)
-    print(f"viewing {argv[1]} at http://{_HOST.value}:{_PORT.value} (Ctrl-C stops)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    viewer.view(argv[1], host=_HOST.value, port=_PORT.value, max_points=_MAX_POINTS.value)
 
 
 if __name__ == "__main__":

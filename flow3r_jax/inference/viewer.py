@@ -1,6 +1,7 @@
 """Interactive browser viewer of a prediction folder (what tools/predict.py writes).
 
     server = serve("outputs/demo")          # http://127.0.0.1:8080; server.stop() ends it
+    view("outputs/demo")                    # the same, blocking until Ctrl-C (tools/view.py)
 
 Shows the point cloud with one camera frustum per frame (its image as thumbnail), the selected frame's
 image, depth and confidence maps, a confidence-threshold slider, a frame-range filter and the point size.
@@ -18,7 +19,8 @@ maps/depth_NNNN.png (16-bit depth), maps/conf_NNNN.png (sigmoid(conf) x 255), th
 and points.ply (coloured points above the export threshold). Every pixel with a depth is unprojected
 with its camera (so points below the export threshold can be shown too, and every point knows its frame
 and confidence); depth-edge pixels are dropped as in the export. The folder holds no input images, so a
-pixel's colour is that of its nearest point in points.ply (frame thumbnails are made the same way).
+pixel's colour is that of its nearest point in points.ply (a regular subset of at most 4 M points is
+searched; frame thumbnails are made the same way).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import time
 
 import numpy as np
 from PIL import Image
@@ -37,6 +40,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_POINTS = 1_500_000
 THUMBNAIL_WIDTH = 320
+MAX_COLOR_SOURCES = 4_000_000   # points of points.ply searched for colours (a regular subset beyond that)
+SELECTED_CAMERA, OTHER_CAMERA = (255, 60, 60), (40, 40, 40)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +101,8 @@ def read_scene(out_dir: str | pathlib.Path, max_points: int = DEFAULT_MAX_POINTS
     vertices = read_ply(ply)
     ply_points = np.stack([vertices[a] for a in "xyz"], axis=-1)
     ply_colors = np.stack([vertices[c] for c in ("red", "green", "blue")], axis=-1).astype(np.uint8)
+    step = max(1, int(np.ceil(len(ply_points) / MAX_COLOR_SOURCES)))
+    ply_points, ply_colors = ply_points[::step], ply_colors[::step]
     tree = cKDTree(ply_points) if len(ply_points) else None
 
     def colour_of(points: np.ndarray) -> np.ndarray:
@@ -195,7 +202,7 @@ def serve(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEF
         pose, fy = scene.camera_to_world[k], scene.intrinsics[k, 1, 1]
         frustums.append(server.scene.add_camera_frustum(
             f"/cameras/{k:04d}", fov=float(2 * np.arctan2(scene.height / 2, fy)), aspect=scene.width / scene.height,
-            scale=0.08 * depth, thickness=0.003 * depth, color=(255, 60, 60) if k == 0 else (40, 40, 40),
+            scale=0.08 * depth, thickness=0.003 * depth, color=SELECTED_CAMERA if k == 0 else OTHER_CAMERA,
             image=scene.thumbnails[k], jpeg_quality=80, wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz,
             position=pose[:3, 3]))
 
@@ -208,7 +215,7 @@ def serve(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEF
         image_panel.image, depth_panel.image = scene.thumbnails[k], scene.depth_previews[k]
         conf_panel.image = scene.confidence_previews[k]
         for i, frustum in enumerate(frustums):
-            frustum.color = (255, 60, 60) if i == k else (40, 40, 40)
+            frustum.color = SELECTED_CAMERA if i == k else OTHER_CAMERA
 
     def update_style(_=None):
         cloud.point_size = float(point_size.value) * spacing
@@ -230,3 +237,17 @@ def serve(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEF
     server.initial_camera.look_at = tuple(start[:3, 3] + forward * depth)
     server.initial_camera.up = tuple(-down)
     return server
+
+
+def view(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+         max_points: int = DEFAULT_MAX_POINTS) -> None:
+    """Serves the viewer of `out_dir` (see `serve`) and blocks until Ctrl-C, then stops the server."""
+    server = serve(out_dir, host, port, max_points)
+    print(f"viewing {out_dir} at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

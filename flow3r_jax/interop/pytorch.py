@@ -121,9 +121,10 @@ def open_state_dict(path: str | os.PathLike) -> Iterator[TensorFile]:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a whole PyTorch state_dict file into float32/int numpy arrays, keyed as in the file."""
+    """Reads a whole PyTorch state_dict file into numpy arrays it owns (floating torch tensors as
+    float32), keyed as in the file."""
     with open_state_dict(path) as f:
-        return {k: f.tensor(k) for k in f.keys()}
+        return {k: np.array(f.tensor(k)) for k in f.keys()}
 
 
 def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) -> None:
