@@ -58,14 +58,16 @@ def checkpoint_loader(checkpoint: str, cfg, step: int | None = None):
 
 
 def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = False, seed: int = 0,
-               mesh: Mesh | None = None, rules=None) -> nnx.Module:
+               overrides: dict | None = None, mesh: Mesh | None = None, rules=None) -> nnx.Module:
     """Builds `model_name` (flow3r_jax/models/sizes.py) with the weights of `checkpoint` on `mesh`.
 
     checkpoint: an Orbax checkpoint directory written by training, or a PyTorch state_dict file
     (.bin/.pt/.pth/.safetensors, e.g. the released flow3r.bin). random_init=True skips loading
-    (smoke tests); otherwise a checkpoint is required. mesh / rules: see `build_with_weights`.
+    (smoke tests); otherwise a checkpoint is required. overrides: model config fields set before
+    building (e.g. {"dtype": "bfloat16", "attention_impl": "xla"}). mesh / rules: see `build_with_weights`.
     """
     cfg = get_model_config(model_name)
+    cfg.update(overrides or {})
     if random_init:
         return build_with_weights(cfg, seed=seed, mesh=mesh, rules=rules)
     if checkpoint is None:
@@ -73,12 +75,14 @@ def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = F
     return build_with_weights(cfg, checkpoint_loader(str(checkpoint), cfg), seed=seed, mesh=mesh, rules=rules)
 
 
-def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int = 0, mesh: Mesh | None = None,
-                            rules=None) -> tuple[nnx.Module, object]:
+def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int = 0, overrides: dict | None = None,
+                            mesh: Mesh | None = None, rules=None) -> tuple[nnx.Module, object]:
     """Rebuilds exactly the model a training run recorded in `workdir` (config.json) with the weights of
-    its latest finalised checkpoint (or `step`). Returns (model, model config)."""
+    its latest finalised checkpoint (or `step`). overrides: model config fields set before building (only
+    the ones that change how the model computes: dtype, attention_impl). Returns (model, model config)."""
     from flow3r_jax.train.run_config import read_run_config
 
     cfg = read_run_config(workdir).model
+    cfg.update(overrides or {})
     loader = checkpoint_loader(str(epath.Path(workdir) / "checkpoints"), cfg, step)
     return build_with_weights(cfg, loader, seed=seed, mesh=mesh, rules=rules), cfg
