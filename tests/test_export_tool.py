@@ -9,7 +9,7 @@ import pytest
 from support import run_tool, tiny_config
 
 from flow3r_jax import sharding
-from flow3r_jax.interop.pytorch import import_pytorch_checkpoint, load_state_dict
+from flow3r_jax.interop.pytorch import load_state_dict, pytorch_weight_loader
 from flow3r_jax.models import build_model
 from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.train import checkpointing, run_config
@@ -28,8 +28,7 @@ def workdir(shared_dir, tmp_path_factory):
 
     mesh = sharding.make_mesh(data=2, fsdp=4)
     layout = state_lib.make_layout(model_fn, lambda p: optax.adamw(1e-4), mesh, sharding.DEFAULT_RULES, seed=0)
-    state = state_lib.init_state(layout, model_fn, seed=0,
-                                 load_weights=lambda m: import_pytorch_checkpoint(weights, m, cfg))
+    state = state_lib.init_state(layout, model_fn, seed=0, load_weights=pytorch_weight_loader(weights, cfg))
     ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=1, keep=1, async_save=True, replica_parallel_save=False))
     manager = checkpointing.make_manager(str(root / "checkpoints"), ckpt_cfg)
     assert checkpointing.save(manager, 1, state, iter(grain.MapDataset.range(8).batch(2)), force=True)

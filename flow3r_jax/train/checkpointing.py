@@ -91,3 +91,18 @@ def restore_params(directory: str, target: dict, step: int | None = None) -> tup
             STATE_ITEM: ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))}))
     return restored[STATE_ITEM], step
+
+
+
+def restore_orbax_params(directory: str, targets: dict, step: int | None = None) -> dict:
+    """Restores only the parameters of a training checkpoint in `directory` (the latest finalised step,
+    or `step`) straight onto their target shardings: no optimizer state, no data position.
+
+    targets: {parameter path tuple: ShapeDtypeStruct with sharding}; returns {path: jax.Array}. With
+    `directory` and `step` bound (functools.partial) it is a weight loader (flow3r_jax/train/state.py).
+    Raises FileNotFoundError naming the folder when it holds no finalised step.
+    """
+    from flax import traverse_util
+
+    restored, _ = restore_params(directory, {"params": traverse_util.unflatten_dict(targets)}, step)
+    return traverse_util.flatten_dict(restored["params"])

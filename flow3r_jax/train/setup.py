@@ -164,12 +164,11 @@ def build_program(config, mesh: Mesh | None = None) -> TrainProgram:
 
 
 def _weight_loader(config):
-    """None for a fresh model, else a function importing the PyTorch checkpoint config.init names into a
-    model (the importer, and the PyTorch-format readers it needs, load only when used)."""
+    """None for a fresh model, else the weight loader (state.py `WeightLoader`) of the PyTorch checkpoint
+    config.init names (the importer, and the PyTorch-format readers it needs, load only when used)."""
     if config.init.kind == "scratch":
         return None
-    from flow3r_jax.interop.pytorch import import_pytorch_checkpoint
+    from flow3r_jax.interop.pytorch import pytorch_weight_loader
 
     missing_ok = ("flow_head.",) if config.init.kind == "pi3" else ()
-    return lambda model: import_pytorch_checkpoint(config.init.checkpoint_path, model, config.model,
-                                                   missing_ok=missing_ok)
+    return pytorch_weight_loader(config.init.checkpoint_path, config.model, missing_ok=missing_ok)
