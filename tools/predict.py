@@ -1,7 +1,7 @@
 """Predict geometry, cameras and flow for a folder of images or a video, and export viewable files.
 
   python tools/predict.py --input my_frames/ --checkpoint flow3r.bin --pairs 0-1,1-2 --out outputs/demo
-  python tools/predict.py --input clip.mp4 --workdir workdirs/run --fps 3 --out outputs/clip
+  python tools/predict.py --input clip.mp4 --workdir workdirs/run --fps 3 --out outputs/clip --view
   python tools/predict.py --input clip.mp4 --random_init --model flow3r_tiny --out outputs/smoke
 
 Outputs (flow3r_jax/inference/export.py): points.ply, scene.glb (y-up glTF), colmap/ (COLMAP binary
@@ -32,6 +32,8 @@ _GLB = flags.DEFINE_bool("glb", True, "Write scene.glb (points and camera frustu
 _GLB_MAX_POINTS = flags.DEFINE_integer("glb_max_points", 1_000_000, "Point budget of scene.glb.")
 _COLMAP = flags.DEFINE_bool("colmap", True, "Write a COLMAP binary model under colmap/.")
 _COLMAP_MAX_POINTS = flags.DEFINE_integer("colmap_max_points", 200_000, "Point budget of the COLMAP model.")
+_VIEW = flags.DEFINE_bool("view", False, "Then open the outputs in the browser viewer (tools/view.py) until Ctrl-C.")
+_VIEW_PORT = flags.DEFINE_integer("view_port", 8080, "Port of the viewer on 127.0.0.1 (with --view).")
 
 
 def main(argv):
@@ -51,6 +53,10 @@ def main(argv):
     metadata = predict_to_files(source, options, frames)
     print(f"wrote {metadata['num_points']} points and {metadata['num_frames']} cameras to {options.out}"
           + (f" ({len(metadata['warnings'])} warnings, listed in prediction.json)" if metadata["warnings"] else ""))
+    if _VIEW.value:
+        from flow3r_jax.inference.viewer import view
+
+        view(options.out, port=_VIEW_PORT.value)
 
 
 if __name__ == "__main__":
