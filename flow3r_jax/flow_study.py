@@ -141,7 +141,7 @@ def scaling_plot(path: str, scaling: list[dict], baseline: dict | None) -> None:
     shown = ("RTA@30", "AUC@30", "CD", "MSE")
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.4))
     amounts = [r["num_unlabeled"] for r in scaling]
-    for ax, column in zip(axes, shown):
+    for ax, column in zip(axes, shown, strict=True):
         ax.plot(amounts, [r["metrics"][column] for r in scaling], "o-", label="flow-factored")
         if baseline is not None:
             ax.axhline(baseline["metrics"][column], color="grey", linestyle="--", label="3d-sup")

@@ -85,7 +85,8 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int | None = None
             raise ValueError(f"mesh sizes {sizes} do not divide {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
-        raise ValueError(f"mesh (data, fsdp, tensor)={tuple(sizes)} needs {int(np.prod(sizes))} devices, have {num_devices}")
+        raise ValueError(f"mesh (data, fsdp, tensor)={tuple(sizes)} needs {int(np.prod(sizes))} devices, "
+                         f"have {num_devices}")
     return tuple(sizes)
 
 

@@ -1,8 +1,9 @@
 """Test session setup: 8 simulated CPU devices, full float32 matmul precision, fast compilation.
 
 The tests run tiny models for a few steps, so compiling dominates their time: XLA's CPU backend is
-asked for unoptimised code (LLVM -O0, no expensive passes), which compiles about 3-5x faster and
-computes the same IEEE float32 results. Subprocesses started by tests inherit XLA_FLAGS.
+asked for unoptimised code (LLVM -O0, no expensive passes), which compiles about 3-5x faster. The
+same float32 operations run; reductions may sum in another order, so means over many elements differ
+in the last digits (tolerances say so). Subprocesses started by tests inherit XLA_FLAGS.
 """
 
 import os

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from support import set_values, with_values
 
 from configs import ablation
 from flow3r_jax import flow_study
-from support import set_values, with_values
 
 TINY = {"total_steps": 2, "optimizer.warmup_steps": 1, "model.encoder.depth": 1, "model.decoder.depth": 2,
         "model.heads.depth": 1, "data.height": 28, "data.width": 42, "data.num_frames": 2, "data.pairs_per_sample": 2,

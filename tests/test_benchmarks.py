@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from flow3r_jax.evaluation.benchmarks import BENCHMARKS, BenchmarkDataMissing, get_benchmark
-from flow3r_jax.evaluation.benchmarks import io
+from flow3r_jax.evaluation.benchmarks import BENCHMARKS, BenchmarkDataMissing, get_benchmark, io
 from flow3r_jax.evaluation.benchmarks.co3d import pytorch3d_to_opencv
 
 H, W = 12, 16
@@ -73,7 +72,7 @@ def test_bonn_loader_associates_tum_poses_and_scales_depth(tmp_path):
     quats = Rotation.random(len(gt_times), random_state=3).as_quat()      # x, y, z, w
     trans = rng.normal(size=(len(gt_times), 3))
     lines = ["# timestamp tx ty tz qx qy qz qw"] + [
-        " ".join(f"{v:.9f}" for v in [t, *p, *q]) for t, p, q in zip(gt_times, trans, quats)]
+        " ".join(f"{v:.9f}" for v in [t, *p, *q]) for t, p, q in zip(gt_times, trans, quats, strict=True)]
     seq_dir.mkdir(parents=True)
     (seq_dir / "groundtruth.txt").write_text("\n".join(lines))
     depth = rng.uniform(0.5, 3, (5, H, W))

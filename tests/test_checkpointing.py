@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx
 
 from flow3r_jax import sharding
-from flow3r_jax.train import checkpointing, optimizer, state as state_lib
+from flow3r_jax.train import checkpointing, optimizer
+from flow3r_jax.train import state as state_lib
 
 
 class ToyModel(nnx.Module):

@@ -4,9 +4,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import flow3r_large, flow3r_tiny
+from configs import common, flow3r_large, flow3r_tiny
 from flow3r_jax import sharding
-from configs import common
 from flow3r_jax.train import optimizer, setup
 
 TINY = "configs/flow3r_tiny.py"

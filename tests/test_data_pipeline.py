@@ -8,13 +8,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from support import data_config, reprojection_errors, with_values
 
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import train_buckets
+from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
-from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
-from support import data_config, reprojection_errors, with_values
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
@@ -184,4 +184,5 @@ def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cf
         unlabeled = ~batch["is_labeled"]
         assert not batch["valid_mask"][unlabeled].any() and not batch["normal_ok"][unlabeled].any()
         assert np.all(batch["depth"][unlabeled] == 0) and np.all(batch["points"][unlabeled] == 0)
-        np.testing.assert_array_equal(batch["camera_poses"][unlabeled], np.broadcast_to(np.eye(4), (unlabeled.sum(), N, 4, 4)))
+        np.testing.assert_array_equal(batch["camera_poses"][unlabeled],
+                                      np.broadcast_to(np.eye(4), (unlabeled.sum(), N, 4, 4)))

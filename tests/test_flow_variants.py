@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import tiny_config
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
@@ -17,7 +18,6 @@ from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 from flow3r_jax.models.flow3r import FLOW_HEAD_TYPES
 from flow3r_jax.models.projective_flow import projective_flow
 from flow3r_jax.train import setup
-from support import tiny_config
 
 HEIGHT, WIDTH = 28, 42
 

@@ -21,7 +21,8 @@ def random_poses(count, seed=0):
 
 def test_se3_inverse_numpy_and_jax():
     poses = random_poses(5)
-    np.testing.assert_allclose(transforms.se3_inverse(poses) @ poses, np.broadcast_to(np.eye(4), poses.shape), atol=1e-12)
+    np.testing.assert_allclose(transforms.se3_inverse(poses) @ poses, np.broadcast_to(np.eye(4), poses.shape),
+                               atol=1e-12)
     inverse = transforms.se3_inverse(jnp.asarray(poses, jnp.float32))
     assert isinstance(inverse, jax.Array)
     np.testing.assert_allclose(np.asarray(inverse), np.linalg.inv(poses), atol=1e-5)
@@ -44,7 +45,8 @@ def test_relative_poses_do_not_depend_on_the_world_frame():
 
 def test_rotation_angle_of_known_rotation():
     base = Rotation.random(random_state=3).as_matrix()
-    perturbed = base @ Rotation.from_rotvec(np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5]) * 0.7).as_matrix()
+    axis = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
+    perturbed = base @ Rotation.from_rotvec(axis * 0.7).as_matrix()
     assert transforms.rotation_angle(base, perturbed) == pytest.approx(0.7, abs=1e-12)
     assert float(transforms.rotation_angle(jnp.asarray(base), jnp.asarray(perturbed))) == pytest.approx(0.7, abs=1e-5)
 
@@ -127,7 +129,8 @@ def test_umeyama_recovers_a_known_similarity(with_scale):
     assert s == pytest.approx(scale, abs=1e-10)
     np.testing.assert_allclose(r, rotation, atol=1e-10)
     np.testing.assert_allclose(alignment.apply_similarity(s, r, t, source), target, atol=1e-10)
-    s32, r32, _ = alignment.umeyama_alignment(jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32), with_scale=with_scale)
+    s32, r32, _ = alignment.umeyama_alignment(jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32),
+                                              with_scale=with_scale)
     assert float(s32) == pytest.approx(scale, abs=1e-4)
     np.testing.assert_allclose(np.asarray(r32), rotation, atol=1e-4)
 

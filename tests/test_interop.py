@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flow3r_jax.models.sizes import get_model_config
-from flow3r_jax.interop.pytorch import (CheckpointMismatchError, export_pytorch_checkpoint, import_pytorch_checkpoint,
-                                        load_state_dict, params_to_state_dict, save_state_dict)
+from flow3r_jax.interop.pytorch import (
+    CheckpointMismatchError,
+    export_pytorch_checkpoint,
+    import_pytorch_checkpoint,
+    load_state_dict,
+    params_to_state_dict,
+    save_state_dict,
+)
 from flow3r_jax.models import build_model
+from flow3r_jax.models.sizes import get_model_config
 
 
 def _abstract_params(name):
@@ -19,7 +25,8 @@ def _abstract_params(name):
     return cfg, nnx.state(model, nnx.Param)
 
 
-@pytest.mark.parametrize("name,manifest", [("flow3r_large", "flow3r_large_keys.json"), ("pi3_large", "pi3_large_keys.json")])
+@pytest.mark.parametrize("name,manifest", [("flow3r_large", "flow3r_large_keys.json"),
+                                           ("pi3_large", "pi3_large_keys.json")])
 def test_large_manifest_and_parameter_count(shared_dir, name, manifest):
     ref = json.loads((shared_dir / "reference" / manifest).read_text())
     cfg, params = _abstract_params(name)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from flow3r_jax.geometry import camera, transforms
 from configs import common
+from flow3r_jax.geometry import camera, transforms
 from flow3r_jax.losses import compute_losses
 from flow3r_jax.losses.flow import generalized_charbonnier
 from flow3r_jax.losses.point import nearest_resample_indices
@@ -138,7 +138,8 @@ def test_normal_loss_known_tilt():
     outputs, batch = make_scene(depth_fn=plane)
     batch["valid_mask"][:] = True
     batch["points"] = transforms.transform_points(
-        batch["camera_poses"], camera.depth_to_local_points(np.full(batch["depth"].shape, 4.0, np.float32), batch["intrinsics"])
+        batch["camera_poses"],
+        camera.depth_to_local_points(np.full(batch["depth"].shape, 4.0, np.float32), batch["intrinsics"])
     )
     _, perfect = losses(outputs, batch, CFG)
     floor = 0.5 * math.radians(1.0) ** 2 / math.radians(3.0)  # angle clamped at 1 deg, smoothed below 3 deg
@@ -157,8 +158,9 @@ def test_normal_loss_known_tilt():
 def test_confidence_loss_known_value():
     outputs, batch = make_scene()
     _, terms = losses(outputs, batch, CFG)
-    assert float(terms["conf"]) == pytest.approx(math.log(2.0), rel=1e-5)  # logits 0 -> BCE log 2
-    assert float(terms["conf_weighted"]) == pytest.approx(0.05 * math.log(2.0), rel=1e-5)
+    # logits 0 -> BCE log 2; rel 1e-4: a float32 mean over every pixel, summed in the backend's order
+    assert float(terms["conf"]) == pytest.approx(math.log(2.0), rel=1e-4)
+    assert float(terms["conf_weighted"]) == pytest.approx(0.05 * math.log(2.0), rel=1e-4)
     outputs["conf"] = np.full_like(outputs["conf"], 10.0)  # perfect points: every target is 1
     _, confident = losses(outputs, batch, CFG)
     assert float(confident["conf"]) == pytest.approx(math.log1p(math.exp(-10.0)), rel=1e-4)
@@ -190,7 +192,8 @@ def test_unlabeled_sample_gets_only_flow_loss():
 
 def test_nan_in_one_sample_is_zeroed_counted_and_gradients_finite():
     outputs, batch = make_scene()
-    outputs["local_points"][0] += np.random.default_rng(4).normal(scale=0.05, size=outputs["local_points"][0].shape).astype(np.float32)
+    noise = np.random.default_rng(4).normal(scale=0.05, size=outputs["local_points"][0].shape)
+    outputs["local_points"][0] += noise.astype(np.float32)
     outputs["local_points"][1, 0, 5, 5, 2] = np.nan
     outputs["camera_poses"][1, 2, 0, 3] = np.inf
     total, terms = losses(outputs, batch, CFG)

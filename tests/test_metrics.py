@@ -161,6 +161,7 @@ def test_flow_metrics_known_errors_on_covisible_pixels():
     pred[:, 0] += 100.0  # hidden pixels do not count
     expected = {"epe": 2.5, "px1": 0.5, "px3": 0.5, "px5": 0.5}
     assert metrics.flow_metrics(pred, gt, mask) == pytest.approx(expected)
-    from_ndc = metrics.flow_metrics_from_ndc(ndc.pixel_to_ndc(pred, height, width), ndc.pixel_to_ndc(gt, height, width), mask)
+    from_ndc = metrics.flow_metrics_from_ndc(ndc.pixel_to_ndc(pred, height, width), ndc.pixel_to_ndc(gt, height, width),
+                                             mask)
     assert from_ndc == pytest.approx(expected)
     assert metrics.flow_metrics(gt, gt, mask) == {"epe": 0.0, "px1": 1.0, "px3": 1.0, "px5": 1.0}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.interop.pytorch import import_pytorch_checkpoint
 from flow3r_jax.models import build_model
 from flow3r_jax.models.encoder import resize_pos_embed
 from flow3r_jax.models.rope import token_positions
+from flow3r_jax.models.sizes import get_model_config
 
 TOL = 1e-4
 
@@ -66,8 +66,8 @@ def test_intermediates_match_official(golden):
     rot_raw, trans_raw = model.camera_head.raw_outputs(camera_hidden[:, 5:])
     assert _maxdiff(rot_raw, ref["camera_head_rot_raw"]) <= TOL
     assert _maxdiff(trans_raw, ref["camera_head_trans_raw"]) <= TOL
-    levels = [(point_blocks[l + 1, :, 5:].reshape(b, n, gh * gw, -1), camera_blocks[l + 1, :, 5:].reshape(b, n, gh * gw, -1))
-              for l in range(4)]
+    levels = [(point_blocks[k + 1, :, 5:].reshape(b, n, gh * gw, -1),
+               camera_blocks[k + 1, :, 5:].reshape(b, n, gh * gw, -1)) for k in range(4)]
     fused = model.flow_head.fused_levels([p for p, _ in levels], [c for _, c in levels], pairs, (gh, gw))
     for level in range(4):
         assert _maxdiff(fused[level].transpose(0, 3, 1, 2), ref[f"flow_fused_{level}"]) <= TOL

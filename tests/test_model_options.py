@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.models import build_model
 from flow3r_jax.models.layers import Block, scan_layers, stacked
 from flow3r_jax.models.rope import token_positions
+from flow3r_jax.models.sizes import get_model_config
 
 IMAGES = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 2, 28, 42, 3)), jnp.float32)
 PAIRS = jnp.asarray([[[0, 1], [1, 0]]], jnp.int32)
@@ -35,7 +35,7 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     loss_ref, grads_ref = _scanned_blocks_loss_and_grads("none")
     loss, grads = _scanned_blocks_loss_and_grads(policy)
     np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax import sharding
 from flow3r_jax.models import build_model
+from flow3r_jax.models.sizes import get_model_config
 
 
 def _inputs():

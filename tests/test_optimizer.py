@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 
 from configs import flow3r_large
-from flow3r_jax.models import sizes
 from flow3r_jax import sharding
-from flow3r_jax.models import build_model
-from flow3r_jax.train import optimizer, state as state_lib, train_step
+from flow3r_jax.models import build_model, sizes
+from flow3r_jax.train import optimizer, train_step
+from flow3r_jax.train import state as state_lib
 
 
 class ToyModel(nnx.Module):
@@ -47,7 +47,8 @@ def _toy_step(accum_steps, mesh):
         layout, _toy_loss, schedule=optimizer.learning_rate_schedule(cfg, 10),
         frozen=optimizer.frozen_mask(layout.abstract.params, cfg), accum_steps=accum_steps, mesh=mesh,
         rules=sharding.DEFAULT_RULES,
-        batch_shardings={k: sharding.batch_sharding(mesh, sharding.DEFAULT_RULES, v.ndim) for k, v in _toy_batch(0).items()})
+        batch_shardings={k: sharding.batch_sharding(mesh, sharding.DEFAULT_RULES, v.ndim)
+                         for k, v in _toy_batch(0).items()})
     return layout, step
 
 

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flow3r_jax.models.sizes import get_model_config
 from flow3r_jax.inference.predictor import model_predict_fn
 from flow3r_jax.models import build_model
+from flow3r_jax.models.sizes import get_model_config
 
 
 def test_sharded_inference_matches_single_device():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from data_pipelines.scannet import convert_scannet_scene
-from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.data.records import decode_clip, encode_clip
+from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.geometry.ndc import ndc_to_pixel
 
 H, W, T = 56, 84, 6
@@ -52,7 +52,7 @@ def test_converted_clip_matches_synthetic_ground_truth(scene):
     # Depth: millimetre rounding plus float16 storage.
     np.testing.assert_allclose(clip.depth, truth.depth[3:6], rtol=2.0 ** -11, atol=6e-4)
     assert clip.valid_mask.all()
-    for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask):
+    for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask, strict=True):
         gt_coords, gt_covisible = truth.flow(3 + i, 3 + j)
         both = (mask > 0.5) & gt_covisible
         # Depth-based co-visibility agrees with the exact one on nearly all pixels (they differ only at

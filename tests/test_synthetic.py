@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from flow3r_jax.data.pairs import sample_pairs
+from flow3r_jax.data.records import decode_frames
 from flow3r_jax.data.shard_reader import read_clips
 from flow3r_jax.data.shard_writer import file_sha256, manifest_shard_files
-from flow3r_jax.data.synthetic_dataset import build_synthetic_shards
 from flow3r_jax.data.synthetic import generate_clip
-from flow3r_jax.data.records import decode_frames
+from flow3r_jax.data.synthetic_dataset import build_synthetic_shards
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid
 
 H, W, T = 42, 56, 5
@@ -44,7 +44,7 @@ def test_stored_flow_matches_depth_reprojection(static_shards):
     for path in manifest_shard_files(out):
         for clip in read_clips(path):
             assert clip.is_labeled and clip.valid_mask.all()
-            for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask):
+            for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask, strict=True):
                 expected, _ = reproject(clip.depth[i], clip.intrinsics[i], clip.camera_poses[i],
                                         clip.intrinsics[j], clip.camera_poses[j])
                 stored = ndc_to_pixel(coords, H, W)
@@ -60,7 +60,7 @@ def test_covisible_pixels_are_photoconsistent_and_depth_consistent(static_shards
     out, _ = static_shards
     clip = next(read_clips(manifest_shard_files(out)[0]))
     images = decode_frames(clip, range(T)).astype(np.float32) / 255.0
-    for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask):
+    for (i, j), coords, mask in zip(clip.flow_pairs, clip.flow_coords, clip.flow_mask, strict=True):
         px = np.rint(ndc_to_pixel(coords, H, W)).astype(int)
         covisible = mask > 0.5
         xs, ys = px[..., 0][covisible], px[..., 1][covisible]

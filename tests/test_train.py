@@ -19,13 +19,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from support import logged_scalars, tiny_config
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.evaluation import held_out
 from flow3r_jax.train import checkpointing, console, setup, summaries
-from support import logged_scalars, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
@@ -34,7 +34,8 @@ CHECKPOINT_EVERY = 3
 STRAIGHT_RUN_ARGS = (f"--config.evals.held_out.every_steps={TOTAL_STEPS}", "--config.evals.held_out.num_batches=1",
                      f"--config.logging.image_every_steps={TOTAL_STEPS}")
 # support.FIXED_SHAPE as flags: one training shape (tests/test_buckets.py resumes across buckets).
-FIXED_SHAPE_ARGS = ("--config.data.frame_counts=()", "--config.data.resolutions=()", "--config.data.images_per_device=0")
+FIXED_SHAPE_ARGS = ("--config.data.frame_counts=()", "--config.data.resolutions=()",
+                    "--config.data.images_per_device=0")
 KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.image_every_steps=0")
 
 
@@ -172,7 +173,8 @@ def test_scalar_window_means_skips_and_images(cache_dir):
 
     batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
     h, w = batch["images"].shape[2:4]
-    outputs = {"local_points": np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1),
+    local_points = np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1)
+    outputs = {"local_points": local_points,
                "flow": batch["flow_coords"]}
     images = summaries.prediction_images(batch, outputs)
     assert images["depth"].shape == images["flow"].shape == (1, h, 3 * w, 3)

@@ -65,7 +65,7 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
         if self._length == 0:
             raise ValueError(f"the shards {self._paths} hold no records")
         self._source = grain.sources.ArrayRecordDataSource(
-            [f"{p}[0:{n}]" for p, n in zip(self._paths, self._counts) if n])
+            [f"{p}[0:{n}]" for p, n in zip(self._paths, self._counts, strict=True) if n])
 
     def __len__(self) -> int:
         return self._length

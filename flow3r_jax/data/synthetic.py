@@ -94,7 +94,8 @@ class SyntheticClip:
         flows = [self.flow(int(i), int(j)) for i, j in pairs]
         coords = np.stack([pixel_to_ndc(c, height, width) for c, _ in flows]) if flows else \
             np.zeros((0, height, width, 2), np.float32)
-        masks = np.stack([m for _, m in flows]).astype(np.float32) if flows else np.zeros((0, height, width), np.float32)
+        masks = (np.stack([m for _, m in flows]).astype(np.float32) if flows
+                 else np.zeros((0, height, width), np.float32))
         return Clip(source_id=source_id, timestamps=self.timestamps,
                     frames=[encode_frame(im, image_format) for im in self.images], height=height, width=width,
                     depth=self.depth, intrinsics=self.intrinsics, camera_poses=self.camera_poses,
@@ -228,7 +229,7 @@ def _cast(scene: _Scene, frame: int, origin: np.ndarray, dirs: np.ndarray):
         normal = np.zeros_like(dirs)
         rows = np.arange(len(dirs))
         normal[rows, axis] = -np.sign(dirs[rows, axis])
-        for index, (kind, size) in enumerate(zip(scene.kinds, scene.sizes), start=1):
+        for index, (kind, size) in enumerate(zip(scene.kinds, scene.sizes, strict=True), start=1):
             pose = scene.object_to_world[frame, index]
             local_origin = (origin - pose[:3, 3]) @ pose[:3, :3]
             local_dirs = dirs @ pose[:3, :3]

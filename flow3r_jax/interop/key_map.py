@@ -130,7 +130,8 @@ def key_rules(cfg) -> list[KeyRule]:
             rules += _linear(f"camera_head.res_conv.{k}.res_conv{c}", ("camera_head", "res_conv", k, f"res_conv{c}"))
     rules += _linear("camera_head.more_mlps.0", ("camera_head", "more_mlps", 0))
     rules += _linear("camera_head.more_mlps.2", ("camera_head", "more_mlps", 1))
-    rules += _linear("camera_head.fc_t", ("camera_head", "fc_t")) + _linear("camera_head.fc_rot", ("camera_head", "fc_rot"))
+    rules += _linear("camera_head.fc_t", ("camera_head", "fc_t"))
+    rules += _linear("camera_head.fc_rot", ("camera_head", "fc_rot"))
     if cfg.flow_head.type == "factored":
         rules += _flow_head()
     rules += _output_decoder("conf_decoder", depth) + _linear("conf_head.proj", ("conf_head", "proj"))

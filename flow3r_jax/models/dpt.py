@@ -146,7 +146,7 @@ class DPTDecoder(nnx.Module):
         aspect = image_hw[1] / image_hw[0]
         resizes = (self.resize0, self.resize1, lambda x: x, self.resize3)
         levels = []
-        for grid, project, resize, layer_rn in zip(grids, self.projects, resizes, self.layer_rn):
+        for grid, project, resize, layer_rn in zip(grids, self.projects, resizes, self.layer_rn, strict=True):
             x = self._add_pos_embed(project(grid.astype(jnp.float32)), aspect)
             levels.append(layer_rn(resize(x)))
         l1, l2, l3, l4 = levels

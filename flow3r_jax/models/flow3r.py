@@ -35,7 +35,10 @@ FLOW_HEAD_TYPES = ("factored", "tracking", "projective", "none")
 
 
 class Flow3r(nnx.Module):
-    """The Flow3r model (pi3 when cfg.flow_head.type == "none"). `cfg` is a model config (flow3r_jax/models/sizes.py)."""
+    """The Flow3r model (pi3 when cfg.flow_head.type == "none").
+
+    `cfg` is a model config (flow3r_jax/models/sizes.py).
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         if cfg.dtype not in DTYPES:
@@ -43,7 +46,8 @@ class Flow3r(nnx.Module):
         if cfg.flow_head.type not in FLOW_HEAD_TYPES:
             raise ValueError(f"model.flow_head.type {cfg.flow_head.type!r}; expected one of {FLOW_HEAD_TYPES}")
         if cfg.remat_policy != "none" and cfg.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"model.remat_policy {cfg.remat_policy!r}; expected 'none' or one of {sorted(REMAT_POLICIES)}")
+            raise ValueError(f"model.remat_policy {cfg.remat_policy!r}; expected 'none' or one of "
+                             f"{sorted(REMAT_POLICIES)}")
         dtype = DTYPES[cfg.dtype]
         common = dict(attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy,
                       scan_unroll=cfg.scan_unroll, dtype=dtype, rngs=rngs)
@@ -115,11 +119,11 @@ class Flow3r(nnx.Module):
             out["flow"] = projective_flow(local_points, poses, pair_indices)
             return out
         levels = point_blocks.shape[0]
-        point_levels = [point_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
+        point_levels = [point_blocks[k, :, r:].reshape(b, n, gh * gw, -1) for k in range(levels - 4, levels)]
         if self.flow_head_type == "tracking":
             out["flow"] = self.flow_head(point_levels, pair_indices, (h, w))
             return out
-        camera_levels = [camera_blocks[l, :, r:].reshape(b, n, gh * gw, -1) for l in range(levels - 4, levels)]
+        camera_levels = [camera_blocks[k, :, r:].reshape(b, n, gh * gw, -1) for k in range(levels - 4, levels)]
         out["flow"] = self.flow_head(point_levels, camera_levels, pair_indices, (h, w))
         return out
 

@@ -48,7 +48,7 @@ class FactoredFlowHead(nnx.Module):
     def fused_levels(self, point_levels, camera_levels, pair_indices, grid_hw):
         """Lists of 4 (B, N, h*w, C) -> 4 fused grids (B*S, h, w, C)."""
         return [self.fuse(p, c, pair_indices).reshape((-1,) + tuple(grid_hw) + (p.shape[-1],))
-                for p, c in zip(point_levels, camera_levels)]
+                for p, c in zip(point_levels, camera_levels, strict=True)]
 
     def __call__(self, point_levels, camera_levels, pair_indices, image_hw):
         b, s = pair_indices.shape[:2]

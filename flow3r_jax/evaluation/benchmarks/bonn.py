@@ -32,7 +32,8 @@ DEPTH_UNITS_PER_METRE = 5000.0
 MAX_TIME_DIFFERENCE = 0.02
 
 
-def load(root: pathlib.Path, *, sequences=SEQUENCES, first_frame: int = 30, num_frames: int = 110) -> Iterator[Sequence]:
+def load(root: pathlib.Path, *, sequences=SEQUENCES, first_frame: int = 30,
+         num_frames: int = 110) -> Iterator[Sequence]:
     """Yields one Sequence per Bonn sequence: frames [first_frame, first_frame + num_frames)."""
     for name in sequences:
         seq_dir = pathlib.Path(root) / f"rgbd_bonn_{name}"

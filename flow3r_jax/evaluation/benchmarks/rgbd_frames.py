@@ -21,7 +21,7 @@ def read_rgbd_sequence(name: str, color_paths: list[pathlib.Path], depth_paths: 
     0.001 m < depth <= max_depth.
     """
     depths, images = [], []
-    for color_path, depth_path in zip(color_paths, depth_paths):
+    for color_path, depth_path in zip(color_paths, depth_paths, strict=True):
         depth = io.read_depth_png(depth_path, units_per_metre)
         image = io.read_rgb(color_path)
         if image.shape[:2] != depth.shape:
