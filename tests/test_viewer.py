@@ -1,6 +1,7 @@
 """The prediction viewer: a real export (exact synthetic geometry) read back point for point, then served
 on loopback and rendered by headless Chromium (software WebGL), whose screenshot must show the scene."""
 
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -11,8 +12,9 @@ from PIL import Image
 
 from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.geometry.maps import depth_edge
+from flow3r_jax.geometry.transforms import transform_points
 from flow3r_jax.inference import viewer
-from flow3r_jax.inference.export import DEPTH_EDGE_RTOL, export_prediction, sigmoid
+from flow3r_jax.inference.export import DEPTH_EDGE_RTOL, ExportOptions, export_prediction, sigmoid
 
 FRAMES, HEIGHT, WIDTH = 4, 56, 84
 LOW_CONF_COLUMNS = WIDTH // 4   # the left quarter of every frame has sigmoid(conf) ~ 0.38, the rest ~ 0.95
@@ -20,16 +22,23 @@ LOW_CONF_COLUMNS = WIDTH // 4   # the left quarter of every frame has sigmoid(co
 
 @pytest.fixture(scope="module")
 def prediction(tmp_path_factory):
-    """A predict-style folder written by export_prediction from an exact synthetic clip."""
+    """A predict-style folder written by export_prediction from an exact synthetic clip, seen by a camera
+    with a centred principal point (the intrinsics export estimates), so its points are exact."""
     clip = generate_clip(seed=4, height=HEIGHT, width=WIDTH, num_frames=FRAMES, dynamic=False)
+    intrinsics = clip.intrinsics[0].astype(np.float64)
+    intrinsics[:2, 2] = (WIDTH - 1) / 2, (HEIGHT - 1) / 2
     u, v = np.meshgrid(np.arange(WIDTH), np.arange(HEIGHT))
-    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(clip.intrinsics[0]).T
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(intrinsics).T
+    local_points = rays * clip.depth[..., None]
+    points = transform_points(clip.camera_poses.astype(np.float64), local_points)
+    clip = dataclasses.replace(clip, points=points.astype(np.float32))
     conf = np.full((FRAMES, HEIGHT, WIDTH, 1), 3.0, np.float32)
     conf[:, :, :LOW_CONF_COLUMNS] = -0.5
-    outputs = {"points": clip.points, "local_points": (rays * clip.depth[..., None]).astype(np.float32),
+    outputs = {"points": clip.points, "local_points": local_points.astype(np.float32),
                "conf": conf, "camera_poses": clip.camera_poses}
     out = tmp_path_factory.mktemp("prediction")
-    export_prediction(out, clip.images.astype(np.float32) / 255, outputs, clip.intrinsics, write_glb_file=False)
+    export_prediction(out, clip.images.astype(np.float32) / 255, outputs,
+                      options=ExportOptions(glb=False, colmap=False))
     return clip, out
 
 
