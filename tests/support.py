@@ -1,9 +1,14 @@
-"""Config builders shared by the tests: real configs (configs/common.py defaults) with overrides."""
+"""Shared by the tests: real configs (configs/common.py defaults) with overrides, launcher processes and
+the TensorBoard scalars they log."""
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 
@@ -49,3 +54,38 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def child_env(overrides=None) -> dict:
+    """os.environ updated by `overrides` (a None value removes the variable), for a child process."""
+    env = dict(os.environ)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def start_launcher(workdir, args, log_path, env=None):
+    """Starts `tools/launch.py --workdir <workdir> <args>` as a process with the environment
+    `child_env(env)`; stdout and stderr are appended to `log_path`."""
+    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--workdir", str(workdir), *args]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, env=child_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def logged_scalars(workdir, tag) -> dict:
+    """{step: value} of a scalar tag over all TensorBoard event files of a run, later files overriding."""
+    import tensorflow as tf
+    from tensorboard.util import tensor_util
+
+    files = sorted(glob.glob(str(pathlib.Path(workdir) / "tensorboard" / "events.out.tfevents.*")),
+                   key=lambda f: int(os.path.basename(f).split(".")[3]))
+    values = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values[event.step] = tensor_util.make_ndarray(v.tensor)
+    return values

@@ -9,25 +9,20 @@ The subprocesses share a persistent XLA compilation cache, and the reference run
 in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
 """
 
-import glob
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from tensorboard.util import tensor_util
+from support import logged_scalars, start_launcher, tiny_config
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.evaluation import held_out
 from flow3r_jax.train import checkpointing, setup, summaries
-from support import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FROZEN_ENCODER = (("^encoder/", 0.0, False, True),)
@@ -39,18 +34,13 @@ KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.im
 
 
 def _launch(cache_root, workdir, *extra):
-    env = dict(os.environ,
-               JAX_DEFAULT_MATMUL_PRECISION="highest",
-               JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--config", str(ROOT / "configs" / "flow3r_tiny.py"),
-           "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
-           "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
-           f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", *extra]
-    with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    env = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_COMPILATION_CACHE_DIR": str(cache_root / "xla_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    args = ["--config", str(ROOT / "configs" / "flow3r_tiny.py"), f"--config.data.cache_dir={cache_root / 'synthetic'}",
+            "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
+            f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
+            "--config.optimizer.warmup_steps=2", *extra]
+    return start_launcher(workdir, args, workdir.parent / f"{workdir.name}.log", env)
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +93,6 @@ def test_fixed_batch_losses_fall_and_frozen_encoder_stays_bit_identical(cache_di
                               final["decoder"]["global_blocks"]["mlp"]["fc1"]["kernel"])
 
 
-def _logged(workdir, tag):
-    """{step: value} of a scalar tag over all event files of a run, later files overriding."""
-    files = sorted(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")),
-                   key=lambda f: int(os.path.basename(f).split(".")[3]))
-    import tensorflow as tf
-    values = {}
-    for path in files:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    values[event.step] = tensor_util.make_ndarray(v.tensor)
-    return values
-
-
 def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(cache_dir, straight_run, tmp_path):
     straight_dir, straight = straight_run
     killed_dir = tmp_path / "killed"
@@ -131,14 +107,14 @@ def test_killed_run_resumes_with_identical_losses_and_restores_on_another_mesh(c
     assert resumed.wait(timeout=600) == 0, (killed_dir.parent / "killed.log").read_text()[-3000:]
     assert straight.wait(timeout=600) == 0, (straight_dir.parent / "straight.log").read_text()[-3000:]
 
-    expected, got = _logged(straight_dir, "loss"), _logged(killed_dir, "loss")
+    expected, got = logged_scalars(straight_dir, "loss"), logged_scalars(killed_dir, "loss")
     assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
     assert sorted(got) == sorted(expected)
     for step in expected:
         assert np.isfinite(expected[step])
         np.testing.assert_array_equal(got[step], expected[step], err_msg=f"step {step}")
-    assert set(_logged(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
-    assert set(_logged(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
+    assert set(logged_scalars(straight_dir, "eval/held_out/flow_epe_px")) == {TOTAL_STEPS}
+    assert set(logged_scalars(straight_dir, "flow")) == {TOTAL_STEPS}  # prediction-vs-target image summary
 
     restored = {}
     for data, fsdp in ((2, 4), (1, 8)):
@@ -181,8 +157,8 @@ def test_scalar_window_means_skips_and_images(cache_dir):
 
     batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
     h, w = batch["images"].shape[2:4]
-    outputs = {"local_points": np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1),
-               "flow": batch["flow_coords"]}
+    local_points = np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1)
+    outputs = {"local_points": local_points, "flow": batch["flow_coords"]}
     images = summaries.prediction_images(batch, outputs)
     assert images["depth"].shape == images["flow"].shape == (1, h, 3 * w, 3)
     assert images["flow"].dtype == np.uint8
