@@ -6,6 +6,7 @@ import pathlib
 
 from flax import nnx
 
+from flow3r_jax.files import as_path
 from flow3r_jax.models import build_model
 from flow3r_jax.models.sizes import get_model_config
 
@@ -41,7 +42,7 @@ def load_model(model_name: str, checkpoint: str | None, *, random_init: bool = F
         return model
     if checkpoint is None:
         raise ValueError("a checkpoint is required (or pass random_init=True for a smoke test)")
-    path = pathlib.Path(checkpoint)
+    path = as_path(checkpoint)
     if path.is_dir():
         restore_orbax_params(path, model)
     elif path.is_file() and path.suffix in PYTORCH_SUFFIXES:
@@ -61,5 +62,5 @@ def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int 
 
     cfg = read_run_config(workdir).model
     model = build_model(cfg, rngs=nnx.Rngs(seed))
-    restore_orbax_params(pathlib.Path(workdir) / "checkpoints", model, step)
+    restore_orbax_params(as_path(workdir) / "checkpoints", model, step)
     return model, cfg
