@@ -66,7 +66,7 @@ def _launch_job(cache_root, workdir):
             for p in range(NUM_PROCESSES)]
 
 
-def _wait(job, workdir, timeout=900):
+def _wait(job, workdir, timeout=1800):
     codes = [process.wait(timeout=timeout) for process in job]
     return codes, "\n".join(_log(workdir, p).read_text()[-3000:] for p in range(NUM_PROCESSES))
 
@@ -78,7 +78,7 @@ def _kill(job):
             process.wait()
 
 
-def _wait_for(condition, job, what, timeout=900):
+def _wait_for(condition, job, what, timeout=1800):
     deadline = time.monotonic() + timeout
     while not condition():
         assert all(p.poll() is None for p in job), f"a process ended while waiting for {what}"
