@@ -86,6 +86,11 @@ def _wait_for(condition, job, what, timeout=1800):
         time.sleep(0.05)
 
 
+def _iterator_states(step_dir):
+    """The per-process Grain iterator state files of a checkpoint step."""
+    return sorted(name for name in os.listdir(step_dir / "data_iter") if name.startswith("process_"))
+
+
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost") / "synthetic"
@@ -113,8 +118,7 @@ def test_killed_and_preempted_job_resumes_with_the_uninterrupted_losses(syntheti
     finally:
         _kill(job)
     assert [p.returncode for p in job] == [-signal.SIGKILL] * NUM_PROCESSES
-    assert sorted(os.listdir(checkpoints / str(CHECKPOINT_EVERY) / "data_iter")) == [
-        "process_0-of-2.json", "process_1-of-2.json"]
+    assert _iterator_states(checkpoints / str(CHECKPOINT_EVERY)) == ["process_0-of-2.json", "process_1-of-2.json"]
 
     # Relaunch; once it has trained a step past the checkpoint it resumed from, SIGTERM process 1 only.
     job = _launch_job(synthetic_dir, workdir)
@@ -137,7 +141,7 @@ def test_killed_and_preempted_job_resumes_with_the_uninterrupted_losses(syntheti
     saved = int(preempted[0][0])
     assert int(preempted[1][0]) == saved and CHECKPOINT_EVERY < saved < TOTAL_STEPS
     assert max(int(name) for name in os.listdir(checkpoints) if name.isdigit()) == saved
-    assert sorted(os.listdir(checkpoints / str(saved) / "data_iter")) == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert _iterator_states(checkpoints / str(saved)) == ["process_0-of-2.json", "process_1-of-2.json"]
 
     # The second relaunch resumes from the preemption checkpoint and finishes.
     job = _launch_job(synthetic_dir, workdir)
