@@ -1,4 +1,5 @@
-"""Config builders shared by the tests: real configs (configs/common.py defaults) with overrides."""
+"""Shared by the tests: real configs (configs/common.py defaults) with overrides, launcher processes and
+the TensorBoard scalars they log."""
 
 from __future__ import annotations
 
@@ -98,8 +99,27 @@ def reprojection_errors(batches) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(depth_errors), np.concatenate(point_errors)
 
 
-def logged_scalars(workdir, tag: str) -> dict:
-    """{step: value} of a scalar TensorBoard tag over all event files of a run, later files overriding."""
+def child_env(overrides=None) -> dict:
+    """os.environ updated by `overrides` (a None value removes the variable), for a child process."""
+    env = dict(os.environ)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def start_launcher(workdir, args, log_path, env=None):
+    """Starts `tools/launch.py --workdir <workdir> <args>` as a process with the environment
+    `child_env(env)`; stdout and stderr are appended to `log_path`."""
+    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--workdir", str(workdir), *args]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, env=child_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def logged_scalars(workdir, tag) -> dict:
+    """{step: value} of a scalar tag over all TensorBoard event files of a run, later files overriding."""
     import tensorflow as tf
     from tensorboard.util import tensor_util
 

@@ -9,17 +9,14 @@ The subprocesses share a persistent XLA compilation cache, and the reference run
 in-process test compiles, so the killed run and its relaunch mostly load compiled programs.
 """
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from support import logged_scalars, tiny_config
+from support import logged_scalars, start_launcher, tiny_config
 
 from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
@@ -40,18 +37,13 @@ KILLED_RUN_ARGS = ("--config.evals.held_out.every_steps=0", "--config.logging.im
 
 
 def _launch(cache_root, workdir, *extra):
-    env = dict(os.environ,
-               JAX_DEFAULT_MATMUL_PRECISION="highest",
-               JAX_COMPILATION_CACHE_DIR=str(cache_root / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, str(ROOT / "tools" / "launch.py"), "--config", str(ROOT / "configs" / "flow3r_tiny.py"),
-           "--workdir", str(workdir), f"--config.data.cache_dir={cache_root / 'synthetic'}",
-           "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
-           f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
-           "--config.optimizer.warmup_steps=2", *FIXED_SHAPE_ARGS, *extra]
-    with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    env = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_COMPILATION_CACHE_DIR": str(cache_root / "xla_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    args = ["--config", str(ROOT / "configs" / "flow3r_tiny.py"), f"--config.data.cache_dir={cache_root / 'synthetic'}",
+            "--config.mesh.data=2", "--config.mesh.fsdp=4", f"--config.total_steps={TOTAL_STEPS}",
+            f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.logging.every_steps=1",
+            "--config.optimizer.warmup_steps=2", *FIXED_SHAPE_ARGS, *extra]
+    return start_launcher(workdir, args, workdir.parent / f"{workdir.name}.log", env)
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +166,7 @@ def test_scalar_window_means_skips_and_images(cache_dir):
     batch = pipeline.make_eval_dataset(_config(cache_dir).data, batch_size=2)[0]
     h, w = batch["images"].shape[2:4]
     local_points = np.concatenate([np.zeros(batch["depth"].shape + (2,)), batch["depth"][..., None] + 1], -1)
-    outputs = {"local_points": local_points,
-               "flow": batch["flow_coords"]}
+    outputs = {"local_points": local_points, "flow": batch["flow_coords"]}
     images = summaries.prediction_images(batch, outputs)
     assert images["depth"].shape == images["flow"].shape == (1, h, 3 * w, 3)
     assert images["flow"].dtype == np.uint8

@@ -3,6 +3,9 @@
 `ShardRecords` is a Grain random-access data source over `grain.sources.ArrayRecordDataSource`. Reading
 a record never raises: a record that cannot be read comes back as a `RawRecord` with `data=None` and the
 reader's error, so the pipeline decides between failing loudly and a counted skip.
+
+The array_record reader opens local files only: shards in a bucket are read through a mounted path
+(e.g. gcsfuse); a URL is refused before any access, with that advice (`files.require_local`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import grain
 from array_record.python import array_record_module
 
 from flow3r_jax.data.records import Clip, RecordError, decode_clip
+from flow3r_jax.files import require_local
 
 SHARD_SUFFIX = ".array_record"
+SHARDS = "ArrayRecord shards (read by array_record through Grain)"
 
 
 class RawRecord(NamedTuple):
@@ -33,7 +38,11 @@ class RawRecord(NamedTuple):
 
 
 def find_shards(path: str) -> list[str]:
-    """Sorted shard files of `path`: a directory (every *.array_record inside) or a glob pattern."""
+    """Sorted shard files of `path`: a directory (every *.array_record inside) or a glob pattern.
+
+    Raises ValueError for a URL (module docstring) and FileNotFoundError when nothing matches.
+    """
+    require_local(path, SHARDS)
     pattern = os.path.join(path, "*" + SHARD_SUFFIX) if os.path.isdir(path) else path
     paths = sorted(glob.glob(os.path.expanduser(pattern)))
     if not paths:
@@ -58,7 +67,7 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
     """The records of `paths` in order; element i is a `RawRecord` (index i modulo the length)."""
 
     def __init__(self, paths: list[str]):
-        self._paths = list(paths)
+        self._paths = [require_local(p, SHARDS) for p in paths]
         self._counts = [count_records(p) for p in self._paths]
         self._ends = list(itertools.accumulate(self._counts))
         self._length = self._ends[-1] if self._ends else 0
@@ -89,7 +98,7 @@ class ShardRecords(grain.sources.RandomAccessDataSource):
 
 def read_clips(path) -> Iterator[Clip]:
     """Decode every record of one shard; RecordError names "<shard file>#<index>"."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(require_local(path, SHARDS))
     try:
         reader = array_record_module.ArrayRecordReader(str(path))
     except Exception as err:  # the reader raises a bare RuntimeError/ValueError on a damaged file

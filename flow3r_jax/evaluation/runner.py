@@ -25,7 +25,7 @@ from PIL import Image
 
 from flow3r_jax.evaluation import plots, scoring
 from flow3r_jax.evaluation.benchmarks import Sequence, get_benchmark
-from flow3r_jax.files import atomic_write
+from flow3r_jax.files import as_path, atomic_write
 from flow3r_jax.geometry.camera import depth_to_local_points
 from flow3r_jax.geometry.transforms import transform_points
 from flow3r_jax.inference.export import write_json
@@ -141,7 +141,7 @@ def evaluate_benchmarks(benchmarks: Seq[str], data_root: str | pathlib.Path,
     same model function for every sequence, or a per-sequence oracle. Returns the summary: per benchmark the
     mean of each metric over its sequences and the sequence count.
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = as_path(out_dir)  # a local folder or a URL (gs://...)
     loader_options = loader_options or {}
     summary = {}
     for name in benchmarks:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 
-from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from flow3r_jax import sharding
+from flow3r_jax.files import as_path
 from flow3r_jax.models import build_model
 from flow3r_jax.models.sizes import get_model_config
 
@@ -44,7 +44,7 @@ def build_with_weights(cfg, load=None, *, seed: int = 0, mesh: Mesh | None = Non
 def checkpoint_loader(checkpoint: str, cfg, step: int | None = None):
     """The weight loader of `checkpoint`: an Orbax checkpoint directory written by training, or a
     PyTorch state_dict file (.bin/.pt/.pth/.safetensors); local paths or URLs (etils.epath)."""
-    path = epath.Path(checkpoint)
+    path = as_path(checkpoint)
     if path.is_dir():
         from flow3r_jax.train.checkpointing import restore_orbax_params
 
@@ -84,5 +84,5 @@ def load_model_from_workdir(workdir: str, *, step: int | None = None, seed: int 
 
     cfg = read_run_config(workdir).model
     cfg.update(overrides or {})
-    loader = checkpoint_loader(str(epath.Path(workdir) / "checkpoints"), cfg, step)
+    loader = checkpoint_loader(str(as_path(workdir) / "checkpoints"), cfg, step)
     return build_with_weights(cfg, loader, seed=seed, mesh=mesh, rules=rules), cfg

@@ -12,17 +12,17 @@ from __future__ import annotations
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
 
-from flow3r_jax.files import is_url
+from flow3r_jax.files import absolute
 
 STATE_ITEM = "state"
 DATA_ITEM = "data_iter"
 
 
 def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
-    """Manager for `directory` (created if absent) with the config's interval, keep-N and async mode.
+    """Manager for `directory` (local path or URL, e.g. gs://; created if absent) with the config's
+    interval, keep-N and async mode.
 
     ckpt_cfg.replica_parallel_save selects Orbax's replica-parallel writing of replicated arrays
     (each replica writes a slice): faster on large data-parallel meshes, but its first save compiles
@@ -42,12 +42,7 @@ def make_manager(directory: str, ckpt_cfg) -> ocp.CheckpointManager:
         # A killed run can leave a half-written step behind; the resumed run rewrites that step.
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(_manager_path(directory), options=options, item_names=(STATE_ITEM, DATA_ITEM))
-
-
-def _manager_path(directory: str) -> epath.Path:
-    """Local folders as absolute paths; gs:// and other URLs as given."""
-    return epath.Path(directory) if is_url(directory) else epath.Path(directory).resolve()
+    return ocp.CheckpointManager(absolute(directory), options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, *, force: bool = False) -> bool:
@@ -83,7 +78,7 @@ def restore_params(directory: str, target: dict, step: int | None = None) -> tup
     pure dicts of arrays or ShapeDtypeStructs (their shardings are used). Returns (restored dict, step).
     Raises FileNotFoundError naming the folder when it holds no finalised step.
     """
-    with ocp.CheckpointManager(_manager_path(directory), item_names=(STATE_ITEM,)) as manager:
+    with ocp.CheckpointManager(absolute(directory), item_names=(STATE_ITEM,)) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory}: no finalised Orbax checkpoint step")

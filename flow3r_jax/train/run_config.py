@@ -15,7 +15,7 @@ import os
 import ml_collections
 from etils import epath
 
-from flow3r_jax.files import atomic_write
+from flow3r_jax.files import as_path, atomic_write
 
 CONFIG_FILE = "config.json"
 # model.* keys that change how the same parameters are computed (precision, memory, kernels), not the model.
@@ -23,7 +23,8 @@ EXECUTION_KEYS = ("dtype", "remat_policy", "scan_unroll", "attention_impl")
 
 
 def config_path(workdir: str | os.PathLike) -> epath.Path:
-    return epath.Path(workdir) / CONFIG_FILE
+    """`<workdir>/config.json` of a work directory given as a local path or a URL."""
+    return as_path(workdir) / CONFIG_FILE
 
 
 def write_run_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
