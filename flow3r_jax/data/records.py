@@ -254,6 +254,20 @@ class ClipRecord:
         return self.fields[key].entries(indices)
 
 
+def unpack_map(packed, keys, where: str, what: str) -> dict:
+    """msgpack bytes -> a map holding every one of `keys`; RecordError naming `where` and `what` otherwise."""
+    try:
+        unpacked = msgpack.unpackb(packed, raw=False)
+    except (ValueError, msgpack.exceptions.UnpackException) as err:
+        raise RecordError(f"{where}: cannot parse {what}: {err}") from err
+    if not isinstance(unpacked, dict):
+        raise RecordError(f"{where}: {what} is not a map")
+    missing = [k for k in keys if k not in unpacked]
+    if missing:
+        raise RecordError(f"{where}: missing keys {missing}")
+    return unpacked
+
+
 def open_clip(data: bytes, where: str = "") -> ClipRecord:
     """Record bytes (version 1 or 2) -> ClipRecord (large fields still compressed). `where` (e.g.
     "train-00003-of-00008.array_record#17") names the record in every RecordError: unknown version, bad
@@ -273,15 +287,7 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     packed_index = view[_HEADER.size:_HEADER.size + index_size]
     if len(packed_index) != index_size or zlib.crc32(packed_index) != crc:
         raise RecordError(f"{where}: index checksum mismatch (record truncated or corrupted)")
-    try:
-        index = msgpack.unpackb(packed_index, raw=False)
-    except (ValueError, msgpack.exceptions.UnpackException) as err:
-        raise RecordError(f"{where}: cannot parse record index: {err}") from err
-    if not isinstance(index, dict):
-        raise RecordError(f"{where}: record index is not a map")
-    missing = [k for k in _INDEX_KEYS if k not in index]
-    if missing:
-        raise RecordError(f"{where}: missing keys {missing}")
+    index = unpack_map(packed_index, _INDEX_KEYS, where, "record index")
     table = index["blobs"]
     if not isinstance(table, dict) or any(k not in table for k in ("frames",) + _PAIR_BLOBS):
         raise RecordError(f"{where}: the blob table must list frames, flow_coords and flow_mask")

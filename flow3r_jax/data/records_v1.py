@@ -22,7 +22,6 @@ import math
 import struct
 import zlib
 
-import msgpack
 import numpy as np
 
 from flow3r_jax.data.records import (
@@ -33,6 +32,7 @@ from flow3r_jax.data.records import (
     RecordError,
     check_shapes,
     undelta_flow,
+    unpack_map,
 )
 
 _HEADER = struct.Struct("<4sHI")
@@ -48,15 +48,7 @@ def open_clip_v1(data: bytes, where: str) -> ClipRecord:
     payload = memoryview(data)[_HEADER.size:]
     if zlib.crc32(payload) != crc:
         raise RecordError(f"{where}: checksum mismatch (record truncated or corrupted)")
-    try:
-        body = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.exceptions.UnpackException) as err:
-        raise RecordError(f"{where}: cannot parse record body: {err}") from err
-    if not isinstance(body, dict):
-        raise RecordError(f"{where}: record body is not a map")
-    missing = [k for k in _BODY_KEYS if k not in body]
-    if missing:
-        raise RecordError(f"{where}: missing keys {missing}")
+    body = unpack_map(payload, _BODY_KEYS, where, "record body")
     present_labels = [k for k in LABEL_KEYS if k in body]
     if present_labels and len(present_labels) != len(LABEL_KEYS):
         raise RecordError(f"{where}: label keys must be all present or all absent, got {present_labels}")
