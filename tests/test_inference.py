@@ -230,6 +230,8 @@ def test_export_prediction_writes_files_that_load_back(tmp_path):
     assert depth_png.dtype == np.uint16
     np.testing.assert_allclose(depth_png / meta["depth_png_scale"], depth[1], atol=2 / meta["depth_png_scale"])
     assert np.asarray(Image.open(tmp_path / "maps" / "conf_0000.png")).shape == (14, 28)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "maps" / "image_0002.png")),
+                                  np.round(images[2] * 255).astype(np.uint8))
     flow_png = np.asarray(Image.open(tmp_path / "flow" / "flow_0000_0001.png"))
     np.testing.assert_array_equal(flow_png, visualize.flow_to_color(flow_px[0].astype(np.float32)))
 
@@ -292,7 +294,7 @@ def test_degenerate_prediction_still_writes_every_output(tmp_path):
     outputs["local_points"][3, 2:4] = np.nan
     meta = export.export_prediction(tmp_path, images, outputs, np.array([[1, 2]]))
     for name in ("points.ply", "scene.glb", "cameras.json", "prediction.json", "maps/depth_0001.png",
-                 "maps/conf_0003.png", "flow/flow_0001_0002.png", "colmap/sparse/0/images.bin"):
+                 "maps/conf_0003.png", "maps/image_0003.png", "flow/flow_0001_0002.png", "colmap/sparse/0/images.bin"):
         assert (tmp_path / name).is_file(), name
     warnings = " | ".join(meta["warnings"])
     assert "frame 1: no confident pixel; intrinsics fitted on all its pixels" in warnings

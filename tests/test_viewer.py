@@ -54,6 +54,7 @@ def test_scene_unprojects_every_frame_with_its_colours_and_confidence(prediction
         assert abs(len(scene.points[k]) - off_edges) <= 0.01 * HEIGHT * WIDTH
         distance, index = _nearest(clip.points[k].reshape(-1, 3), scene.points[k])
         assert distance.max() < 1e-4 * np.ptp(clip.points[k].reshape(-1, 3), axis=0).max()
+        np.testing.assert_array_equal(scene.images[k], clip.images[k])
         pixel_colors = clip.images[k].reshape(-1, 3)[index]
         assert np.median(np.abs(scene.colors[k].astype(int) - pixel_colors)) == 0
         expected_conf = sigmoid(np.where(np.arange(WIDTH) < LOW_CONF_COLUMNS, -0.5, 3.0))

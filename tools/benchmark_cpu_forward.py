@@ -77,15 +77,14 @@ def _time_ours(checkpoint, images, pairs, iters):
 
 
 def _time_official(checkpoint, images, pairs, iters):
-    """Loads the checkpoint into the official Flow3r (parameters assigned, not copied) and times its
+    """Builds the official Flow3r, loads the checkpoint into it (strict) and times its
     forward; returns (median seconds, outputs as numpy)."""
     import torch
     from safetensors.torch import load_file
 
     OfficialFlow3r = _official_package(_OFFICIAL_REPO.value).Flow3r
 
-    with torch.device("meta"):
-        official = OfficialFlow3r()
+    official = OfficialFlow3r()
     official.load_state_dict(load_file(checkpoint), strict=True, assign=True)
     official.eval()
     torch_images = torch.from_numpy(images).permute(0, 1, 4, 2, 3).contiguous()

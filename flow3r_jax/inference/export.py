@@ -128,6 +128,13 @@ def write_cameras_json(path: str | pathlib.Path, camera_poses: np.ndarray, intri
     })
 
 
+def write_frame_images(folder: str | pathlib.Path, colors: np.ndarray) -> None:
+    """Per frame: image_NNNN.png, the (H, W, 3) uint8 RGB input frame at the model's resolution (the
+    pixel grid of every other map)."""
+    for n, frame in enumerate(colors):
+        write_png(pathlib.Path(folder) / f"image_{n:04d}.png", frame)
+
+
 def write_depth_maps(folder: str | pathlib.Path, depth: np.ndarray, confidence: np.ndarray) -> dict:
     """Per frame: depth_NNNN.png (uint16), depth_NNNN_color.png, conf_NNNN.png (uint8 sigmoid*255).
 
@@ -221,10 +228,11 @@ def export_prediction(out_dir: str | pathlib.Path, images: np.ndarray, outputs: 
     images (N, H, W, 3) in [0, 1]; outputs without batch axis (points, local_points, conf,
     camera_poses, and flow (S, H, W, 2) NDC when pairs (S, 2) is given). Files: points.ply,
     scene.glb (y-up glTF), colmap/ (COLMAP binary model and images), cameras.json (with the estimated
-    intrinsics), maps/depth_*.png, maps/conf_*.png, flow/flow_i_j.png, prediction.json (metadata, incl.
-    the depth PNG scale and every warning). Degenerate predictions (a frame without a confident pixel,
-    non-finite values) still produce every file: the affected frame is reported in the warnings (also
-    logged) and left out only where it cannot be drawn (its frustum, its COLMAP image).
+    intrinsics), maps/image_*.png (the input frames), maps/depth_*.png, maps/conf_*.png,
+    flow/flow_i_j.png, prediction.json (metadata, incl. the depth PNG scale and every warning).
+    Degenerate predictions (a frame without a confident pixel, non-finite values) still produce every
+    file: the affected frame is reported in the warnings (also logged) and left out only where it cannot
+    be drawn (its frustum, its COLMAP image).
     """
     out_dir = pathlib.Path(out_dir)
     n, height, width, _ = images.shape
@@ -251,6 +259,7 @@ def export_prediction(out_dir: str | pathlib.Path, images: np.ndarray, outputs: 
         colmap.write_colmap(out_dir / "colmap", colors, poses, intrinsics, points, keep, posed,
                             options.colmap_max_points, options.seed)
     write_cameras_json(out_dir / "cameras.json", poses, intrinsics, width, height)
+    write_frame_images(out_dir / "maps", colors)
     metadata = {"num_frames": n, "height": height, "width": width, "num_points": int(keep.sum()),
                 "conf_threshold": options.conf_threshold, "depth_edge_rtol": DEPTH_EDGE_RTOL,
                 **write_depth_maps(out_dir / "maps", depth, sigmoid(conf))}

@@ -16,11 +16,9 @@ new file, and frustums, thumbnails and panels would have to be baked into it.
 What is read (flow3r_jax/inference/export.py writes it): prediction.json (sizes, depth PNG scale,
 export threshold), cameras.json (camera-to-world 4x4, OpenCV axes, and 3x3 intrinsics per frame),
 maps/depth_NNNN.png (16-bit depth), maps/conf_NNNN.png (sigmoid(conf) x 255), their _color previews,
-and points.ply (coloured points above the export threshold). Every pixel with a depth is unprojected
-with its camera (so points below the export threshold can be shown too, and every point knows its frame
-and confidence); depth-edge pixels are dropped as in the export. The folder holds no input images, so a
-pixel's colour is that of its nearest point in points.ply (a regular subset of at most 4 M points is
-searched; frame thumbnails are made the same way).
+and maps/image_NNNN.png (the input frames at the model's resolution). Every pixel with a depth is
+unprojected with its camera (so points below the export threshold can be shown too, and every point
+knows its frame, colour and confidence); depth-edge pixels are dropped as in the export.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ import numpy as np
 from PIL import Image
 
 from flow3r_jax.geometry.maps import depth_edge
-from flow3r_jax.inference.export import read_ply
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_POINTS = 1_500_000
 THUMBNAIL_WIDTH = 320
-MAX_COLOR_SOURCES = 4_000_000   # points of points.ply searched for colours (a regular subset beyond that)
 SELECTED_CAMERA, OTHER_CAMERA = (255, 60, 60), (40, 40, 40)
 
 
@@ -55,7 +51,8 @@ class Scene:
     intrinsics: np.ndarray               # (N, 3, 3) pixels
     width: int
     height: int
-    thumbnails: np.ndarray               # (N, h, w, 3) uint8 frame images (colours from points.ply)
+    thumbnails: np.ndarray               # (N, h, w, 3) uint8 input frames, at most THUMBNAIL_WIDTH wide
+    images: list[np.ndarray]             # (H, W, 3) uint8 input frames
     depth_previews: list[np.ndarray]     # (H, W, 3) uint8 colourised depth
     confidence_previews: list[np.ndarray]
     export_threshold: float              # the threshold points.ply was written with
@@ -90,26 +87,9 @@ def _unproject(depth: np.ndarray, intrinsics: np.ndarray, camera_to_world: np.nd
 def read_scene(out_dir: str | pathlib.Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
     """Reads a prediction folder; frames are subsampled on a regular pixel grid so that at most
     `max_points` points are kept in all. Raises FileNotFoundError naming a missing file."""
-    from scipy.spatial import cKDTree
-
     out_dir = pathlib.Path(out_dir)
     meta = _read_json(out_dir / "prediction.json")
     cameras = _read_json(out_dir / "cameras.json")
-    ply = out_dir / "points.ply"
-    if not ply.is_file():
-        raise FileNotFoundError(f"{ply} not found: expected a folder written by tools/predict.py")
-    vertices = read_ply(ply)
-    ply_points = np.stack([vertices[a] for a in "xyz"], axis=-1)
-    ply_colors = np.stack([vertices[c] for c in ("red", "green", "blue")], axis=-1).astype(np.uint8)
-    step = max(1, int(np.ceil(len(ply_points) / MAX_COLOR_SOURCES)))
-    ply_points, ply_colors = ply_points[::step], ply_colors[::step]
-    tree = cKDTree(ply_points) if len(ply_points) else None
-
-    def colour_of(points: np.ndarray) -> np.ndarray:
-        if tree is None:
-            return np.full(points.shape, 160, np.uint8)
-        return ply_colors[tree.query(points.reshape(-1, 3), workers=-1)[1]].reshape(points.shape)
-
     n, height, width = int(meta["num_frames"]), int(meta["height"]), int(meta["width"])
     if len(cameras["frames"]) != n:
         raise ValueError(f"{out_dir / 'cameras.json'}: {len(cameras['frames'])} cameras, prediction.json says {n}")
@@ -118,26 +98,26 @@ def read_scene(out_dir: str | pathlib.Path, max_points: int = DEFAULT_MAX_POINTS
     stride = max(1, int(np.ceil(np.sqrt(n * height * width / max_points))))
     thumb_stride = max(1, int(np.ceil(width / THUMBNAIL_WIDTH)))
     maps = out_dir / "maps"
-    points, colors, confidence, thumbnails, depth_previews, confidence_previews = [], [], [], [], [], []
+    points, colors, confidence, images, depth_previews, confidence_previews = [], [], [], [], [], []
     for k in range(n):
         depth = _read_png(maps / f"depth_{k:04d}.png").astype(np.float64) / float(meta["depth_png_scale"])
         conf = _read_png(maps / f"conf_{k:04d}.png").astype(np.float32) / 255.0
-        if depth.shape != (height, width) or conf.shape != (height, width):
-            raise ValueError(f"{maps}: frame {k} maps are {depth.shape} / {conf.shape}, expected {(height, width)}")
+        image = _read_png(maps / f"image_{k:04d}.png")[..., :3]
+        if depth.shape != (height, width) or conf.shape != (height, width) or image.shape[:2] != (height, width):
+            raise ValueError(f"{maps}: frame {k} maps are {depth.shape} / {conf.shape} / {image.shape[:2]}, "
+                             f"expected {(height, width)}")
         world = _unproject(depth, intrinsics[k], poses[k])
         valid = (depth > 0) & ~np.asarray(depth_edge(depth, rtol=float(meta.get("depth_edge_rtol", 0.03))))
         grid = valid[::stride, ::stride]
         points.append(world[::stride, ::stride][grid])
         confidence.append(conf[::stride, ::stride][grid])
-        colors.append(colour_of(points[-1]))
-        thumb_valid = depth[::thumb_stride, ::thumb_stride] > 0
-        thumb = np.zeros(thumb_valid.shape + (3,), np.uint8)
-        thumb[thumb_valid] = colour_of(world[::thumb_stride, ::thumb_stride][thumb_valid])
-        thumbnails.append(thumb)
+        colors.append(image[::stride, ::stride][grid])
+        images.append(image)
         depth_previews.append(_read_png(maps / f"depth_{k:04d}_color.png")[..., :3])
         confidence_previews.append(_read_png(maps / f"conf_{k:04d}_color.png")[..., :3])
+    thumbnails = np.stack(images)[:, ::thumb_stride, ::thumb_stride]
     return Scene(points=points, colors=colors, confidence=confidence, camera_to_world=poses, intrinsics=intrinsics,
-                 width=width, height=height, thumbnails=np.stack(thumbnails), depth_previews=depth_previews,
+                 width=width, height=height, thumbnails=thumbnails, images=images, depth_previews=depth_previews,
                  confidence_previews=confidence_previews, export_threshold=float(meta.get("conf_threshold", 0.1)),
                  stride=stride)
 
@@ -188,7 +168,7 @@ def serve(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEF
         frame = server.gui.add_slider("Frame", 0, max(last, 1), 1, 0)
         tabs = server.gui.add_tab_group()
         with tabs.add_tab("Image"):
-            image_panel = server.gui.add_image(scene.thumbnails[0])
+            image_panel = server.gui.add_image(scene.images[0])
         with tabs.add_tab("Depth"):
             depth_panel = server.gui.add_image(scene.depth_previews[0])
         with tabs.add_tab("Confidence"):
@@ -212,7 +192,7 @@ def serve(out_dir: str | pathlib.Path, host: str = DEFAULT_HOST, port: int = DEF
 
     def update_frame(_=None):
         k = min(int(frame.value), last)
-        image_panel.image, depth_panel.image = scene.thumbnails[k], scene.depth_previews[k]
+        image_panel.image, depth_panel.image = scene.images[k], scene.depth_previews[k]
         conf_panel.image = scene.confidence_previews[k]
         for i, frustum in enumerate(frustums):
             frustum.color = SELECTED_CAMERA if i == k else OTHER_CAMERA
