@@ -82,7 +82,6 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
 
     config.model.remat_policy = remat
     config.global_batch_size = batch
-    config.init.kind = "scratch"    # the step's cost does not depend on the initial weights
     program = setup.build_program(config, sharding.make_mesh(*mesh_sizes))
     spec = program.batch_spec(batch, frames, config.data.pairs_per_sample, height, width)
     start = time.perf_counter()
@@ -112,8 +111,6 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
             row["mfu"] = perf.mfu(step_flops.model, row["step_s"], peak)
     return row
 
-
-# ---- Shape buckets (--buckets) ----
 
 def benchmark_buckets(config, mesh_sizes) -> None:
     """Prints one row per shape bucket of `config` on a (data, fsdp, tensor) mesh: the bucket's global and
@@ -145,8 +142,6 @@ def benchmark_buckets(config, mesh_sizes) -> None:
               f"{args:>8.2f} {temp:>8.2f} {out:>7.2f} {args + temp + out - alias:>8.2f}", flush=True)
     print(f"{len(program.buckets)} programs compiled in {time.perf_counter() - total:.0f} s")
 
-# ---- end of shape buckets ----
-
 
 def main(argv):
     if len(argv) > 1:
@@ -157,6 +152,7 @@ def main(argv):
     from flow3r_jax.models.flow3r import DTYPES
 
     config = _CONFIG.value
+    config.init.kind = "scratch"    # the step's cost does not depend on the initial weights
     if _BUCKETS.value:
         mesh_sizes = (tuple(int(v) for v in _MESH.value.split(",")) if _MESH.value
                       else (config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
