@@ -2,6 +2,7 @@
 alignment, robust file export (PLY, y-up GLB, COLMAP) and the checks predict runs before any heavy work."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -259,6 +260,28 @@ def test_glb_scene_is_y_up_with_one_frustum_per_camera_and_a_point_budget(tmp_pa
         assert (top_left - bottom_left) @ up > 0 and (top_right - bottom_right) @ up > 0
         assert (top_left - apex) @ back < 0
     assert gltf.opencv_to_gltf_pose(np.eye(4))[1, 1] == 1.0           # identity camera: y up, as glTF's own
+
+
+_SIGTERM_AFTER_COLMAP = """
+import os, signal, sys
+import numpy as np
+from flow3r_jax.inference import colmap
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))   # the process's own handler, set before the export
+colmap.write_colmap(sys.argv[1], np.zeros((1, 2, 2, 3), np.uint8), np.eye(4)[None], np.eye(3)[None],
+                    np.ones((1, 2, 2, 3)), np.ones((1, 2, 2), bool), np.ones(1, bool), max_points=4)
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+"""
+
+
+def test_colmap_export_keeps_the_process_signal_handlers(tmp_path):
+    # Importing pycolmap installs glog's failure-signal handler; after a COLMAP export a SIGTERM must
+    # still reach the handler the process set (in training: JAX's preemption notice), not kill it.
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_COLMAP, str(tmp_path / "colmap")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 7, result.stderr[-2000:]
+    assert (tmp_path / "colmap" / "sparse" / "0" / "images.bin").is_file()
 
 
 def test_colmap_model_round_trips_through_pycolmap(tmp_path):

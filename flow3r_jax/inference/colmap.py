@@ -9,22 +9,50 @@ cx_colmap = cx + 0.5 and cy_colmap = cy + 0.5. Poses are stored as COLMAP wants 
 (cam_from_world: rotation quaternion and translation, OpenCV camera axes, which COLMAP uses too).
 points3D are the kept (confident) world points, at most `max_points` (a random subset); each has a
 track of one observation: the pixel it was predicted at, which is a 2D point of its frame's image.
+
+pycolmap is imported on first use (`_pycolmap`), never at module import: importing it installs glog's
+failure-signal handler for SIGTERM, SIGINT and the crash signals, which would replace the process's
+own handlers (JAX's preemption notice on SIGTERM in training jobs, Python's Ctrl-C); the handlers in
+place before the import are put back.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import os
 import pathlib
+import signal
 import tempfile
 
 import numpy as np
-import pycolmap
 
 from flow3r_jax.inference.gltf import budget_indices
 
+# The signals glog's failure-signal handler takes over.
+_GLOG_SIGNALS = (signal.SIGSEGV, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS, signal.SIGTERM,
+                 signal.SIGINT)
+_SIGACTION_BYTES = 512     # larger than `struct sigaction` on every platform; only passed back to the C library
 
-def pinhole_camera(camera_id: int, intrinsics: np.ndarray, width: int, height: int) -> pycolmap.Camera:
-    """A PINHOLE camera from a 3x3 K with the principal point in pixel-centre coordinates."""
+
+def _pycolmap():
+    """The pycolmap module, imported with this process's signal handlers kept (module docstring)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = {}
+    for sig in _GLOG_SIGNALS:
+        saved[sig] = ctypes.create_string_buffer(_SIGACTION_BYTES)
+        if libc.sigaction(int(sig), None, saved[sig]) != 0:
+            raise OSError(ctypes.get_errno(), f"sigaction({sig.name}) failed")
+    module = importlib.import_module("pycolmap")
+    for sig, action in saved.items():
+        if libc.sigaction(int(sig), action, None) != 0:
+            raise OSError(ctypes.get_errno(), f"restoring the {sig.name} handler after importing pycolmap failed")
+    return module
+
+
+def pinhole_camera(camera_id: int, intrinsics: np.ndarray, width: int, height: int):
+    """A PINHOLE pycolmap.Camera from a 3x3 K with the principal point in pixel-centre coordinates."""
+    pycolmap = _pycolmap()
     camera = pycolmap.Camera.create_from_model_name(camera_id, "PINHOLE", float(intrinsics[0, 0]), width, height)
     camera.params = [intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2] + 0.5, intrinsics[1, 2] + 0.5]
     return camera
@@ -40,6 +68,7 @@ def write_colmap(folder: str | pathlib.Path, colors: np.ndarray, camera_poses: n
     """
     from flow3r_jax.inference.export import write_png
 
+    pycolmap = _pycolmap()
     folder = pathlib.Path(folder)
     num_frames, height, width, _ = colors.shape
     for n in range(num_frames):
