@@ -81,10 +81,7 @@ class CropResize:
         unit = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(pixel_bytes)
         if unit is None or not array.flags.c_contiguous:
             return array.take(rows, axis=1).take(cols, axis=2)
-        pixels = array.view(unit).reshape(array.shape[:3])
-        out = np.empty((array.shape[0], self.out_height, self.out_width), unit)
-        for k, plane in enumerate(pixels):
-            out[k] = plane[rows][:, cols]
+        out = array.view(unit).reshape(array.shape[:3]).take(rows, axis=1).take(cols, axis=2)
         return out.view(array.dtype).reshape(out.shape + array.shape[3:])
 
     def resize_images(self, frames: np.ndarray) -> np.ndarray:
