@@ -165,6 +165,16 @@ def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(d
     assert padded > 0
 
 
+def test_singular_intrinsics_raise_naming_the_record(data_cfg):
+    clip = decode_clip(_train_records(data_cfg)[0])
+    clip.intrinsics[1] = 0.0
+    record = open_clip(encode_clip(clip), "train#0")
+    selection = select_frames_and_pairs(record.num_frames, record.flow_pairs, record.num_frames, S, None)
+    crop = center_crop((record.height, record.width), (H, W))
+    with pytest.raises(RecordError, match="train#0: the record's intrinsics are not invertible"):
+        build_sample(record, selection, crop, None, True, record.where)
+
+
 def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
     """Static scenes: transformed depth + intrinsics + poses, and transformed world points, reproduce the
     transformed flow targets on co-visible pixels. Points come from the same source pixel as the flow
