@@ -14,6 +14,7 @@ from flow3r_jax import sharding
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import Bucket, BucketSchedule, train_buckets
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
+from flow3r_jax.data.wire import expand_batch
 from flow3r_jax.train import loop, setup
 
 RUN_SEED = 5   # its first 4 steps take buckets 0, 1, 1, 0: the bucket changes at the checkpoint
@@ -106,15 +107,16 @@ def test_pipeline_builds_each_bucket_with_consistent_labels_and_hosts_agree(data
         batch = next(one_host)
         bucket = schedule.bucket(step)
         assert batch["images"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 3)
-        assert batch["flow_coords"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 2)
+        assert batch["flow_quantized"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 2)
         parts = [next(h) for h in hosts]
         for key in batch:
             np.testing.assert_array_equal(np.stack([parts[0][key][0], parts[1][key][0]]), batch[key], err_msg=key)
         batches.append(batch)
     for iterator in (one_host, *hosts):
         iterator.close()
-    depth_errors, point_errors = reprojection_errors(batches)
-    assert depth_errors.size > 2000 and np.mean([b["flow_mask"].mean() for b in batches]) > 0.2
+    expanded = [expand_batch(b, np) for b in batches]
+    depth_errors, point_errors = reprojection_errors(expanded)
+    assert depth_errors.size > 2000 and np.mean([b["flow_mask"].mean() for b in expanded]) > 0.2
     assert point_errors.max() < 0.05
     assert np.median(depth_errors) < 0.45 and depth_errors.max() < 1.5
     assert pipeline.make_eval_dataset(data_cfg, batch_size=2)[0]["images"].shape == (2, 2, 28, 42, 3)

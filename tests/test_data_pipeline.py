@@ -1,9 +1,13 @@
-"""Grain input pipeline on real synthetic ArrayRecord shards: contract, geometry, determinism, resume,
+"""Grain input pipeline on real synthetic ArrayRecord shards: wire format and its expansion into the batch
+contract (against float64 references from the fully decoded records), geometry, determinism, resume,
 per-host sharding, corrupt input and source mixing."""
 
 import os
 
+import cv2
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -12,9 +16,14 @@ from support import data_config, reprojection_errors, with_values
 
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import train_buckets
-from flow3r_jax.data.records import RecordError, decode_clip, encode_clip
+from flow3r_jax.data.records import RecordError, decode_clip, decode_frames, encode_clip, open_clip
+from flow3r_jax.data.samples import SAMPLE_CONTRACT, build_sample
+from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
+from flow3r_jax.data.transforms import ColorJitter, center_crop, random_crop
+from flow3r_jax.data.wire import WIRE_CONTRACT, expand_batch, wire_batch_shapes
+from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid, pixel_to_ndc
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
@@ -37,10 +46,15 @@ def _iterator(cfg, **kwargs):
 
 
 def _batches(cfg, n, **kwargs):
+    """The first n wire batches of the training iterator."""
     iterator = _iterator(cfg, **kwargs)
     out = [next(iterator) for _ in range(n)]
     iterator.close()
     return out
+
+
+def _expanded(batches):
+    return [expand_batch(b, np) for b in batches]
 
 
 def _assert_same(batches_a, batches_b):
@@ -50,15 +64,19 @@ def _assert_same(batches_a, batches_b):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_train_batch_matches_the_batch_contract(data_cfg):
-    batch = _batches(data_cfg, 1)[0]
+def test_train_batch_matches_the_wire_and_batch_contracts(data_cfg):
+    wire = _batches(data_cfg, 1)[0]
+    assert set(wire) == set(WIRE_CONTRACT)
+    for key, (shape, dtype) in wire_batch_shapes(4, N, S, H, W).items():
+        assert wire[key].shape == shape and wire[key].dtype == dtype, key
+    batch = expand_batch(wire, np)
     expected = {"images": ((4, N, H, W, 3), np.float32), "depth": ((4, N, H, W), np.float32),
                 "valid_mask": ((4, N, H, W), np.bool_), "points": ((4, N, H, W, 3), np.float32),
                 "camera_poses": ((4, N, 4, 4), np.float32), "intrinsics": ((4, N, 3, 3), np.float32),
                 "is_labeled": ((4,), np.bool_), "normal_ok": ((4,), np.bool_),
                 "pair_indices": ((4, S, 2), np.int32), "flow_coords": ((4, S, H, W, 2), np.float32),
                 "flow_mask": ((4, S, H, W), np.float32)}
-    assert set(batch) == set(expected)
+    assert set(batch) == set(expected) == set(SAMPLE_CONTRACT)
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
         assert np.all(np.isfinite(batch[key])), key
@@ -69,13 +87,101 @@ def test_train_batch_matches_the_batch_contract(data_cfg):
     assert 0.0 <= batch["flow_mask"].min() and batch["flow_mask"].max() <= 1.0 and batch["flow_mask"].mean() > 0.2
 
 
+def _reference_sample(clip, selection, crop, jitter):
+    """The batch contract of one sample from the fully decoded record (flow3r_jax.data.records.Clip):
+    images resized in float32 (then the wire's own jitter is checked separately), labels of the nearest
+    source pixel, world points and flow targets in float64; also the flow pixels within 1e-6 px of the
+    border of the target image (where the float64 inside test may round either way)."""
+    rows, cols = crop.nearest_source_index()
+    frames = selection.frames
+    window = decode_frames(clip, frames)[:, crop.y0:crop.y0 + crop.crop_height, crop.x0:crop.x0 + crop.crop_width]
+    shrinking = crop.out_width < crop.crop_width or crop.out_height < crop.crop_height
+    images = np.stack([cv2.resize(f.astype(np.float32) / 255.0, (crop.out_width, crop.out_height),
+                                  interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR) for f in window])
+    depth = clip.depth[frames][:, rows][:, :, cols].astype(np.float64)
+    valid = clip.valid_mask[frames][:, rows][:, :, cols] & (depth > 0) & (depth < np.inf)
+    depth = np.where(valid, depth, 0.0)
+    pixels = np.stack(np.broadcast_arrays(cols[None, :], rows[:, None], 1.0), -1).astype(np.float64)
+    poses, intrinsics = clip.camera_poses[frames].astype(np.float64), clip.intrinsics[frames].astype(np.float64)
+    rays = np.einsum("nij,hwj->nhwi", poses[:, :3, :3] @ np.linalg.inv(intrinsics), pixels)
+    points = np.where(valid[..., None], rays * depth[..., None] + poses[:, None, None, :3, 3], 0.0)
+    stored = selection.pair_rows >= 0
+    out_hw = (crop.out_height, crop.out_width)
+    coords = np.broadcast_to(pixel_to_ndc(pixel_grid(*out_hw, np), *out_hw).astype(np.float64),
+                             (len(stored),) + out_hw + (2,)).copy()
+    mask, border = np.zeros((len(stored),) + out_hw), np.zeros((len(stored),) + out_hw, bool)
+    for k, row in enumerate(selection.pair_rows):
+        if row < 0:
+            continue
+        source = ndc_to_pixel(clip.flow_coords[row][rows][:, cols].astype(np.float64), clip.height, clip.width)
+        out_px = (source + 0.5 - [crop.x0, crop.y0]) * np.array(crop.scale) - 0.5
+        lower, upper = -0.5, np.array([crop.out_width, crop.out_height]) - 0.5
+        inside = np.all((out_px >= lower) & (out_px <= upper), axis=-1)
+        border[k] = np.any((np.abs(out_px - lower) < 1e-6) | (np.abs(out_px - upper) < 1e-6), axis=-1)
+        coords[k] = pixel_to_ndc(out_px, *out_hw)
+        mask[k] = np.where(inside, clip.flow_mask[row][rows][:, cols].astype(np.float64), 0.0)
+    return {"images": images, "depth": depth, "valid_mask": valid, "points": points,
+            "camera_poses": poses.astype(np.float32), "intrinsics": crop.transform_intrinsics(intrinsics),
+            "flow_coords": coords, "flow_mask": mask}, border
+
+
+def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(data_cfg):
+    """Real records, random and centre crops, with and without colour jitter, with padding pairs: the wire
+    sample expanded with numpy equals the contract computed from the fully decoded record within the
+    stated tolerances, and jax.numpy (jitted) gives the numpy result within float32 rounding."""
+    records = _train_records(data_cfg)
+    expand_on_device = jax.jit(lambda wire: expand_batch(wire, jnp))
+    padded = 0
+    for index, data in enumerate(records[:3]):
+        clip, full = open_clip(data, f"train#{index}"), decode_clip(data)
+        rng = sample_rng(11, index)
+        selection = select_frames_and_pairs(clip.num_frames, clip.flow_pairs, N, 4, rng)
+        crop = center_crop((clip.height, clip.width), (H, W)) if index == 0 else \
+            random_crop((clip.height, clip.width), (H, W), (0.6, 1.0), rng)
+        jitter = ColorJitter(1.2, 0.8, 1.3, 0.1) if index == 2 else None
+        wire = {k: v[None] for k, v in build_sample(clip, selection, crop, jitter, True, clip.where).items()}
+        got = {k: v[0] for k, v in expand_batch(wire, np).items()}
+        on_device = {k: np.asarray(v[0]) for k, v in expand_on_device(wire).items()}
+        for key, (_, dtype) in SAMPLE_CONTRACT.items():
+            assert got[key].dtype == on_device[key].dtype == dtype, key
+            np.testing.assert_allclose(on_device[key], got[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        reference, border = _reference_sample(full, selection, crop, jitter)
+        if jitter is None:
+            # OpenCV's uint8 area resize rounds to integers: 0.5 / 255 from the float32 resize
+            np.testing.assert_allclose(got["images"], reference["images"], rtol=0, atol=1 / 255 + 1e-6)
+        else:
+            assert not np.allclose(got["images"], wire["images"][0] / 255.0, atol=0.02)
+        np.testing.assert_array_equal(got["depth"], reference["depth"])  # float16 storage is exact in float32
+        np.testing.assert_array_equal(got["valid_mask"], reference["valid_mask"])
+        scale = np.abs(reference["points"]).max()
+        np.testing.assert_allclose(got["points"], reference["points"], rtol=0, atol=1e-5 * scale)  # float32 map
+        for key in ("camera_poses", "intrinsics"):
+            np.testing.assert_array_equal(got[key], reference[key], err_msg=key)
+        np.testing.assert_allclose(got["flow_coords"], reference["flow_coords"], rtol=0, atol=2e-6)  # NDC <= 8
+        clear = ~border
+        np.testing.assert_array_equal(got["flow_mask"][clear], reference["flow_mask"][clear].astype(np.float32))
+        assert not np.any(got["flow_mask"][~wire["pair_stored"][0]])
+        padded += int((~wire["pair_stored"]).sum())
+    assert padded > 0
+
+
+def test_singular_intrinsics_raise_naming_the_record(data_cfg):
+    clip = decode_clip(_train_records(data_cfg)[0])
+    clip.intrinsics[1] = 0.0
+    record = open_clip(encode_clip(clip), "train#0")
+    selection = select_frames_and_pairs(record.num_frames, record.flow_pairs, record.num_frames, S, None)
+    crop = center_crop((record.height, record.width), (H, W))
+    with pytest.raises(RecordError, match="train#0: the record's intrinsics are not invertible"):
+        build_sample(record, selection, crop, None, True, record.where)
+
+
 def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):
     """Static scenes: transformed depth + intrinsics + poses, and transformed world points, reproduce the
     transformed flow targets on co-visible pixels. Points come from the same source pixel as the flow
     (tolerance 0.05 px: float16 storage of flow); unprojecting depth through the output pixel centre is
     off by at most half a source pixel (tolerance: median 0.45 px, every pixel 1.5 px)."""
     cfg = with_values(data_cfg, resolutions=[(28, 42), (42, 28), (28, 28)])
-    batches = _batches(cfg, 3)
+    batches = _expanded(_batches(cfg, 3))
     assert len({b["images"].shape for b in batches}) >= 2
     depth_errors, point_errors = reprojection_errors(batches)
     assert depth_errors.size > 2000
@@ -177,7 +283,7 @@ def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cf
     stream = pipeline.host_record_stream(cfg, seed=0, process_index=0, process_count=1)
     sources = np.array([stream[k][0] for k in range(400)])
     assert abs(np.mean(sources == 0) - 0.75) < 0.03
-    batches = _batches(cfg, 2)
+    batches = _expanded(_batches(cfg, 2))
     is_labeled = np.concatenate([b["is_labeled"] for b in batches])
     np.testing.assert_array_equal(is_labeled, sources[:8] == 0)
     for batch in batches:

@@ -17,7 +17,7 @@ from flow3r_jax.geometry.camera import depth_to_local_points, intrinsics_from_lo
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 from flow3r_jax.models.flow3r import FLOW_HEAD_TYPES
 from flow3r_jax.models.projective_flow import projective_flow
-from flow3r_jax.train import setup
+from flow3r_jax.train import setup, train_step
 
 HEIGHT, WIDTH = 28, 42
 
@@ -52,8 +52,8 @@ def test_variant_trains_a_step_and_outputs_flow(variant, cache_dir):
     with sharding.use_rules(program.mesh, program.rules):
         batch = program.global_batch(local)
         state, metrics = program.train_step(state, batch)
-        out = jax.eval_shape(lambda params, buffers: program.layout.model(params, buffers)(
-            batch["images"], batch["pair_indices"]), state.params, state.buffers)
+        out = jax.eval_shape(lambda params, buffers, wire: _forward(program, params, buffers, wire), state.params,
+                             state.buffers, batch)
 
     assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
     if variant == "none":
@@ -69,6 +69,12 @@ def test_variant_trains_a_step_and_outputs_flow(variant, cache_dir):
         before = jax.tree.leaves(initial["flow_head"])
         after = jax.tree.leaves(jax.device_get(state.params)["flow_head"])
         assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def _forward(program, params, buffers, wire):
+    """Model outputs on the batch contract of a wire batch, expanded as the train step does."""
+    batch = train_step.expand_wire_batch(wire)
+    return program.layout.model(params, buffers)(batch["images"], batch["pair_indices"])
 
 
 def _centred_scene():

@@ -1,6 +1,8 @@
-"""Whole-clip sample transforms against the step-by-step formulas they replace (float64 or per-step float32
-references written out here), with the stated float32 tolerances; label selection must match exactly."""
+"""Whole-clip sample transforms (host half numpy + OpenCV, device half with numpy and jax.numpy) against
+the step-by-step formulas they replace (float64 or per-step float32 references written out here), with the
+stated float32 tolerances; label selection must match exactly."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,10 +10,13 @@ from flow3r_jax.data.records import FLOW_NDC_SCALE
 from flow3r_jax.data.transforms import (
     ColorJitter,
     CropResize,
-    apply_color_jitter,
+    apply_color_transform,
+    color_transform,
+    flow_maps,
+    flow_targets,
+    pixel_to_world,
     random_color_jitter,
     random_crop,
-    transform_flow,
     world_points,
 )
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_to_ndc
@@ -25,6 +30,15 @@ def _crops():
     crops = [random_crop(SOURCE_HW, out_hw, (0.5, 1.0), rng) for out_hw in ((14, 28), (28, 42), (42, 56))
              for _ in range(3)]
     return crops + [CropResize(0, 0, 42, 28, 42, 28)]
+
+
+def _flow_targets(coords_q, mask_u8, crop, xp):
+    """Flow targets of stored pairs through `crop` with the array module `xp`, as numpy arrays."""
+    rows, cols = crop.nearest_source_index()
+    to_ndc, bounds = flow_maps(SOURCE_HW, crop)
+    stored = np.ones(len(coords_q), bool)
+    args = (coords_q[:, rows][:, :, cols], mask_u8[:, rows][:, :, cols], stored, to_ndc, bounds)
+    return tuple(np.asarray(a) for a in flow_targets(*(xp.asarray(a) for a in args), xp))
 
 
 def _reference_flow(coords_q, mask_u8, crop):
@@ -45,9 +59,12 @@ def test_flow_transform_matches_the_per_step_formula(crop):
     rng = np.random.default_rng(1)
     coords_q = rng.integers(-6000, 6000, (3,) + SOURCE_HW + (2,)).astype(np.int16)
     mask_u8 = rng.integers(0, 256, (3,) + SOURCE_HW).astype(np.uint8)
-    coords, mask = transform_flow(coords_q, mask_u8, SOURCE_HW, crop)
+    coords, mask = _flow_targets(coords_q, mask_u8, crop, np)
     assert coords.dtype == mask.dtype == np.float32
     assert coords.shape == (3, crop.out_height, crop.out_width, 2)
+    on_device = _flow_targets(coords_q, mask_u8, crop, jnp)
+    np.testing.assert_allclose(on_device[0], coords, rtol=0, atol=1e-6)  # float32 rounding of NDC <= 8
+    np.testing.assert_allclose(on_device[1], mask, rtol=2e-7, atol=0)  # XLA may divide by 255 as a product
     for k in range(3):
         ref_coords, ref_mask, border = _reference_flow(coords_q[k], mask_u8[k], crop)
         np.testing.assert_allclose(coords[k], ref_coords, rtol=0, atol=2e-6)  # float32 rounding of NDC <= 8
@@ -61,7 +78,7 @@ def test_flow_inside_bounds_are_exact_at_the_border():
     limit_x = round((1 + 1 / 41) * FLOW_NDC_SCALE - 0.5)
     coords_q = np.zeros((1,) + SOURCE_HW + (2,), np.int16)
     coords_q[0, 0, :4, 0] = [limit_x, limit_x + 1, -limit_x, -limit_x - 1]
-    mask, = transform_flow(coords_q, np.full((1,) + SOURCE_HW, 255, np.uint8), SOURCE_HW, crop)[1:]
+    mask = _flow_targets(coords_q, np.full((1,) + SOURCE_HW, 255, np.uint8), crop, np)[1]
     np.testing.assert_array_equal(mask[0, 0, :4], [1.0, 0.0, 1.0, 0.0])
 
 
@@ -81,12 +98,18 @@ def _reference_jitter(images, jitter):
 
 def test_colour_jitter_matches_the_sequential_formula():
     rng = np.random.default_rng(2)
-    images = rng.uniform(0.0, 1.0, (3, 14, 28, 3)).astype(np.float32)
+    images = rng.integers(0, 256, (3, 14, 28, 3)).astype(np.uint8)
+    values = images * np.float32(1.0 / 255.0)
+    identity = apply_color_transform(images, color_transform(images, None), np)
+    np.testing.assert_array_equal(identity, values)  # exactly images / 255 without jitter
     for jitter in [ColorJitter(), ColorJitter(1.2, 0.8, 1.2, 0.0)] + \
                   [random_color_jitter(rng, 0.3, 0.3, 0.3, 0.05) for _ in range(4)]:
-        out = apply_color_jitter(images, jitter)
-        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
-        np.testing.assert_allclose(out, _reference_jitter(images, jitter), rtol=0, atol=2e-6)
+        transform = color_transform(images, jitter)
+        out = apply_color_transform(images, transform, np)
+        assert transform.shape == (3, 3, 4) and out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        np.testing.assert_allclose(out, _reference_jitter(values, jitter), rtol=0, atol=2e-6)
+        on_device = apply_color_transform(jnp.asarray(images), jnp.asarray(transform), jnp)
+        np.testing.assert_allclose(on_device, out, rtol=0, atol=1e-6)
 
 
 def test_world_points_match_the_float64_formula():
@@ -100,7 +123,10 @@ def test_world_points_match_the_float64_formula():
     poses = np.tile(np.eye(4), (2, 1, 1))
     poses[1, :3, :3] = [[np.cos(angle), 0.0, np.sin(angle)], [0.0, 1.0, 0.0], [-np.sin(angle), 0.0, np.cos(angle)]]
     poses[:, :3, 3] = [[0.1, -0.2, 0.3], [2.0, 0.5, -1.0]]
-    points = world_points(depth, valid, rows, cols, intrinsics, poses)
+    ray_map, poses32 = pixel_to_world(intrinsics, poses), poses.astype(np.float32)
+    points = world_points(depth, valid, rows, cols, ray_map, poses32, np)
+    on_device = world_points(*(jnp.asarray(a) for a in (depth, valid, rows, cols, ray_map, poses32)), jnp)
+    np.testing.assert_allclose(on_device, points, rtol=1e-6, atol=1e-6)
     pixels = np.stack(np.broadcast_arrays(cols[None, :], rows[:, None], 1.0), -1).astype(np.float64)
     rays = np.einsum("nij,hwj->nhwi", poses[:, :3, :3] @ np.linalg.inv(intrinsics), pixels)
     expected = np.where(valid[..., None], rays * depth[..., None] + poses[:, None, None, :3, 3], 0.0)

@@ -1,6 +1,8 @@
 """Input pipeline throughput against the JPEG decode bound.
 
-Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py) per worker count, the pure
+Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py: wire batches, which the
+train step expands on the device) per worker count, the MB per sample of its batches and of the batch
+contract they expand to, the pure
 JPEG decode rate of the same frames in one process (the bound of one process: a sample cannot be built
 faster than its frames decode), and their ratio, overall and per process (workers, or 1 without). On a
 shared machine wall-clock rates move with the load; the CPU column compares frames per CPU second of
@@ -31,6 +33,7 @@ from flow3r_jax.data.records import decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
 from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
+from flow3r_jax.data.wire import expand_batch
 from flow3r_jax.files import atomic_directory
 
 _CACHE_DIR = flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "flow3r_jax_benchmark_data"),
@@ -90,9 +93,9 @@ def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:
     return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu_start)
 
 
-def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float]:
+def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float, dict]:
     """Frames per second and per CPU second of this process of the training iterator with `workers`
-    Grain worker processes."""
+    Grain worker processes, and its last (wire) batch."""
     data_cfg = common.get_base_config().data
     data_cfg.update(sources=({"path": shard_dir},), num_frames=_NUM_FRAMES.value, pairs_per_sample=_PAIRS.value,
                     height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
@@ -102,11 +105,15 @@ def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float]:
         next(iterator)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(_BATCHES.value):
-        next(iterator)
+        batch = next(iterator)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     iterator.close()
     frames = _BATCHES.value * _BATCH.value * _NUM_FRAMES.value
-    return frames / elapsed, frames / cpu
+    return frames / elapsed, frames / cpu, batch
+
+
+def megabytes_per_sample(batch: dict) -> float:
+    return sum(v.nbytes for v in batch.values()) / _BATCH.value / 1e6
 
 
 def main(argv) -> None:
@@ -119,10 +126,12 @@ def main(argv) -> None:
           f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
     print(f"{'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} {'CPU vs decode':>14}")
     for workers in (int(w) for w in _WORKERS.value):
-        rate, cpu_rate = pipeline_rate(shard_dir, workers)
+        rate, cpu_rate, batch = pipeline_rate(shard_dir, workers)
         cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
         print(f"{workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} "
               f"{cpu_ratio:>14}")
+    print(f"MB per sample: {megabytes_per_sample(batch):.1f} in the wire format, "
+          f"{megabytes_per_sample(expand_batch(batch, np)):.1f} in the batch contract")
 
 
 if __name__ == "__main__":

@@ -44,31 +44,39 @@ GIB = 1024 ** 3
 
 
 def random_batch(spec: dict, seed: int = 0) -> dict:
-    """A labeled batch of the given shapes: random images, depth in [1, 3] seen by identity-pose
-    cameras with a nominal pinhole, pairs (i, i + 1), identity flow, full masks."""
+    """A labeled wire batch (flow3r_jax/data/wire.py) of the given shapes: random images, depth in [1, 3]
+    seen by identity-pose cameras with a nominal pinhole, pairs (i, i + 1), identity flow (quantized),
+    full masks."""
     import numpy as np
 
-    from flow3r_jax.geometry import camera, ndc
+    from flow3r_jax.data.records import FLOW_NDC_SCALE
+    from flow3r_jax.geometry import ndc
 
     rng = np.random.default_rng(seed)
     b, n, h, w, _ = spec["images"].shape
     s = spec["pair_indices"].shape[1]
     intrinsics = np.array([[w, 0, (w - 1) / 2], [0, w, (h - 1) / 2], [0, 0, 1]], np.float32)
-    depth = rng.uniform(1.0, 3.0, (b, n, h, w)).astype(np.float32)
-    intrinsics_b = np.broadcast_to(intrinsics, (b, n, 3, 3)).copy()
     pairs = np.stack([np.arange(s) % n, (np.arange(s) + 1) % n], axis=-1).astype(np.int32)
+    identity = np.round(ndc.pixel_to_ndc(ndc.pixel_grid(h, w, np), h, w) * FLOW_NDC_SCALE).astype(np.int16)
     return {
-        "images": rng.uniform(0, 1, (b, n, h, w, 3)).astype(np.float32),
-        "depth": depth,
+        "images": rng.integers(0, 256, (b, n, h, w, 3)).astype(np.uint8),
+        "color_transform": np.broadcast_to(np.eye(3, 4, dtype=np.float32), (b, n, 3, 4)).copy(),
+        "depth": rng.uniform(1.0, 3.0, (b, n, h, w)).astype(np.float16),
         "valid_mask": np.ones((b, n, h, w), bool),
-        "points": np.asarray(camera.depth_to_local_points(depth, intrinsics_b), np.float32),
+        "source_rows": np.broadcast_to(np.arange(h, dtype=np.int32), (b, h)).copy(),
+        "source_cols": np.broadcast_to(np.arange(w, dtype=np.int32), (b, w)).copy(),
+        "pixel_to_world": np.broadcast_to(np.linalg.inv(intrinsics), (b, n, 3, 3)).copy(),
         "camera_poses": np.broadcast_to(np.eye(4, dtype=np.float32), (b, n, 4, 4)).copy(),
-        "intrinsics": intrinsics_b,
+        "intrinsics": np.broadcast_to(intrinsics, (b, n, 3, 3)).copy(),
         "is_labeled": np.ones((b,), bool),
         "normal_ok": np.ones((b,), bool),
         "pair_indices": np.broadcast_to(pairs, (b, s, 2)).copy(),
-        "flow_coords": np.broadcast_to(ndc.pixel_to_ndc(ndc.pixel_grid(h, w, np), h, w), (b, s, h, w, 2)).copy(),
-        "flow_mask": np.ones((b, s, h, w), np.float32),
+        "flow_quantized": np.broadcast_to(identity, (b, s, h, w, 2)).copy(),
+        "flow_mask": np.full((b, s, h, w), 255, np.uint8),
+        "pair_stored": np.ones((b, s), bool),
+        "flow_to_ndc": np.broadcast_to(np.array([[1.0, 0.0], [1.0, 0.0]], np.float32) / [[FLOW_NDC_SCALE, 1.0]],
+                                       (b, 2, 2)).astype(np.float32),
+        "flow_bounds": np.broadcast_to(np.array([[-32768, 32767]] * 2, np.int32), (b, 2, 2)).copy(),
     }
 
 

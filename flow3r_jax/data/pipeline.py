@@ -1,4 +1,8 @@
-"""Grain input pipeline: clip shards -> batches in the training batch contract (numpy, per host).
+"""Grain input pipeline: clip shards -> batches of numpy arrays, per host.
+
+Training batches are wire batches (flow3r_jax/data/wire.py WIRE_CONTRACT: uint8 images, stored labels and
+flow, per-sample maps), which the train step expands into the batch contract on the device; evaluation
+batches are expanded on the host (`expand_batch` with numpy) and are in the batch contract.
 
 Training stream (`make_train_iterator`), for sources s = 0..K-1:
 
@@ -7,7 +11,8 @@ Training stream (`make_train_iterator`), for sources s = 0..K-1:
     range(steps) -> map(host batch of step t)           bucket of t and its first sample from
                                                         BucketSchedule(buckets, seed) (data/buckets.py);
                                                         samples g = first + p, first + p + P, ... built
-                                                        (decode, frames/pairs, crop, colour) and stacked
+                                                        (decode, frames/pairs, crop, colour; wire format)
+                                                        and stacked
     -> to_iter_dataset(ReadOptions) -> mp_prefetch(worker_count)
 
 Each global batch has the static shape of one bucket (frames, height, width, pairs, batch size), the
@@ -20,9 +25,10 @@ state (`get_state` / `set_state`, or the Orbax item `grain.checkpoint.Checkpoint
 `CheckpointSave` / `CheckpointRestore`: the next step) resumes exactly where it stopped.
 
 Corrupt data: a shard that cannot be opened raises ValueError naming the file when the pipeline is
-built; a record that cannot be read or decoded, or whose sample holds non-finite values, raises
-RecordError naming "<file>#<index>". With `skip_corrupt` the sample instead uses the next record of the
-same source (deterministically), logs a warning naming the bad record, and counts it in the
+built; a record that cannot be read or decoded, or whose intrinsics / poses are not finite, raises
+RecordError naming "<file>#<index>" (values computed on the device are guarded by the train step). With
+`skip_corrupt` the sample instead uses the next record of the same source (deterministically), logs a
+warning naming the bad record, and counts it in the
 `CorruptRecordCounter` passed to `make_train_iterator`. Evaluation never skips.
 
 Data config keys (`data_cfg`): documented in configs/common.py, which holds their defaults; sources in
@@ -46,6 +52,7 @@ from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.shard_reader import RawRecord, ShardRecords
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.transforms import center_crop, random_color_jitter, random_crop
+from flow3r_jax.data.wire import expand_batch
 from flow3r_jax.data.worker_memory import keep_freed_memory
 
 MAX_CONSECUTIVE_CORRUPT = 16
@@ -76,7 +83,7 @@ class CorruptRecordCounter:
 
 def make_train_iterator(data_cfg, *, buckets: list[Bucket], seed: int, process_index: int, process_count: int,
                         corrupt_counter: CorruptRecordCounter | None = None):
-    """Infinite Grain iterator of this host's batches: dicts of numpy arrays in the batch contract, batch
+    """Infinite Grain iterator of this host's batches: dicts of numpy arrays in the wire format, batch
     `step` in the shape of `BucketSchedule(buckets, seed).bucket(step)` with B = its batch_size //
     process_count. `buckets`: `train_buckets` (flow3r_jax/data/buckets.py). Checkpoint the iterator with
     `get_state`/`set_state` or Orbax."""
@@ -112,7 +119,8 @@ def host_record_stream(data_cfg, *, seed: int, process_index: int, process_count
 
 def make_eval_dataset(data_cfg, *, batch_size: int, process_index: int = 0,
                       process_count: int = 1) -> grain.MapDataset:
-    """Deterministic, finite dataset of this host's evaluation batches (batch contract, no augmentation):
+    """Deterministic, finite dataset of this host's evaluation batches (batch contract, expanded from the
+    wire format on the host; no augmentation):
     records of `eval_sources` in stored order, host p taking records p, p + P, ...; `num_frames` frames,
     `pairs_per_sample` pairs, centre crop at `eval_resolution` (one fixed shape), deterministic frames and
     pairs. The last batch may be smaller than batch_size."""
@@ -130,7 +138,7 @@ def make_eval_dataset(data_cfg, *, batch_size: int, process_index: int = 0,
         raise ValueError(f"process {process_index} of {process_count} gets no evaluation records "
                          f"({len(records)} in total)")
     return host.map_with_index(functools.partial(builder, shape)).map(_drop_skip_count).batch(
-        batch_size, drop_remainder=False)
+        batch_size, drop_remainder=False).map(functools.partial(expand_batch, xp=np))
 
 
 def eval_resolution(data_cfg) -> tuple[int, int]:
@@ -158,7 +166,7 @@ def _sample_spec(data_cfg, train: bool) -> SampleSpec:
 
 
 class _SampleBuilder:
-    """(bucket, global sample index, (source number, RawRecord)) -> sample dict of the bucket's N frames,
+    """(bucket, global sample index, (source number, RawRecord)) -> wire sample of the bucket's N frames,
     S pairs and H x W (the bucket's batch size is not used here).
 
     Training builders (spec.jitter / random crops) draw every random choice from sample_rng(seed, index);

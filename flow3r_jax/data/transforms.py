@@ -1,4 +1,4 @@
-"""Crop/resize and photometric transforms of one sample's frames and labels (numpy + OpenCV, whole clips).
+"""Crop/resize and photometric transforms of one sample's frames and labels, in two halves.
 
 Pixel convention: (0, 0) is the centre of the top-left pixel, so pixel (x, y) covers the square
 [x - 0.5, x + 0.5] x [y - 0.5, y + 0.5]. A `CropResize` takes the integer-aligned window
@@ -11,11 +11,14 @@ shrinking and bilinearly when enlarging; labels (depth, validity, world points, 
 take the value of the nearest source pixel, so no label is ever blended across a depth edge. Intrinsics
 and flow target coordinates go through the same affine map.
 
-Speed: every function works on all frames / pairs of a sample at once and runs each step as one OpenCV
-or numpy pass (colour jitter is one 3 x 4 colour transform per frame, world points one 3 x 3 transform,
-flow one scale-and-offset of the stored integers). These passes are float32 where the step-by-step
-formulas were evaluated in float64 or in several float32 steps, so results differ from those by float32
-rounding (about 1e-6 relative); label selection (nearest pixels, masks, validity) is exact.
+Host half (numpy + OpenCV, whole clips, one pass per step): crops, uint8 resize, nearest-pixel sampling of
+the stored labels, and the few per-sample numbers of the other steps (`color_transform`,
+`pixel_to_world`, `flow_maps`). Device half (`apply_color_transform`, `world_points`, `flow_targets`;
+array module `xp` = numpy or jax.numpy, run by flow3r_jax/data/wire.py `expand_batch`): colour jitter
+is one 3 x 4 colour transform per frame, world points one 3 x 3 transform plus translation, flow one
+scale-and-offset of the stored integers. These are float32 where the step-by-step formulas were
+evaluated in float64 or in several float32 steps, so results differ from those by float32 rounding
+(about 1e-6 relative); label selection (nearest pixels, masks, validity) is exact.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import cv2
 import numpy as np
 
 from flow3r_jax.data.records import FLOW_NDC_SCALE
+from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
@@ -77,21 +81,17 @@ class CropResize:
         unit = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(pixel_bytes)
         if unit is None or not array.flags.c_contiguous:
             return array.take(rows, axis=1).take(cols, axis=2)
-        pixels = array.view(unit).reshape(array.shape[:3])
-        out = np.empty((array.shape[0], self.out_height, self.out_width), unit)
-        for k, plane in enumerate(pixels):
-            out[k] = plane[rows][:, cols]
+        out = array.view(unit).reshape(array.shape[:3]).take(rows, axis=1).take(cols, axis=2)
         return out.view(array.dtype).reshape(out.shape + array.shape[3:])
 
     def resize_images(self, frames: np.ndarray) -> np.ndarray:
-        """(n, H_src, W_src, 3) uint8 -> (n, out_height, out_width, 3) float32 in [0, 1]."""
+        """(n, H_src, W_src, 3) uint8 -> (n, out_height, out_width, 3) uint8 (OpenCV rounds to integers)."""
         shrinking = self.out_width < self.crop_width or self.out_height < self.crop_height
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        out = np.empty((frames.shape[0], self.out_height, self.out_width, 3), np.float32)
+        out = np.empty((frames.shape[0], self.out_height, self.out_width, 3), np.uint8)
         for k, frame in enumerate(frames):
             window = frame[self.y0:self.y0 + self.crop_height, self.x0:self.x0 + self.crop_width]
-            resized = cv2.resize(window, (self.out_width, self.out_height), interpolation=interpolation)
-            np.multiply(resized, np.float32(1.0 / 255.0), out=out[k])
+            cv2.resize(window, (self.out_width, self.out_height), dst=out[k], interpolation=interpolation)
         return out
 
 
@@ -120,53 +120,52 @@ def _crop(source_hw, out_hw, scale: float, rng) -> CropResize:
     return CropResize(x0, y0, crop_w, crop_h, out_w, out_h)
 
 
-def transform_flow(flow_coords: np.ndarray, flow_mask: np.ndarray, source_hw: tuple[int, int],
-                   crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
-    """Stored flow targets of s pairs through the crop shared by their source and target frames.
+def flow_maps(source_hw: tuple[int, int], crop: CropResize) -> tuple[np.ndarray, np.ndarray]:
+    """How stored flow integers become flow targets of the output image, for pairs whose source and
+    target frames share `crop`.
 
-    flow_coords (s, H_src, W_src, 2) int16 NDC x FLOW_NDC_SCALE of the target frame at source size,
-    flow_mask (s, H_src, W_src) uint8 confidence x 255 (records.ClipRecord.decode_flow_quantized).
-    Returns coords (s, H_out, W_out, 2) float32 in NDC of the cropped target frame and mask (s, H_out,
-    W_out) float32 in [0, 1], zero where the target point leaves the cropped target image
-    (-0.5 <= x <= W_out - 0.5, same for y), decided exactly on the stored integers.
-    """
-    count, height, width = flow_coords.shape[0], crop.out_height, crop.out_width
-    coords = np.empty((count, height, width, 2), np.float32)
-    mask = np.empty((count, height, width), np.float32)
-    if count == 0:
-        return coords, mask
-    stored = crop.sample_nearest(flow_coords).reshape(count * height, width, 2)
-    lower, upper, affine = _flow_maps(source_hw, crop)
-    inside = cv2.inRange(stored, lower, upper)
-    cv2.transform(stored.astype(np.float32), affine, dst=coords.reshape(count * height, width, 2))
-    kept = cv2.bitwise_and(crop.sample_nearest(flow_mask).reshape(count * height, width), inside)
-    np.divide(kept, np.float32(255.0), out=mask.reshape(count * height, width))
-    return coords, mask
-
-
-def _flow_maps(source_hw: tuple[int, int], crop: CropResize):
-    """Bounds (x, y) of the stored flow integers q whose target lies inside the cropped target image, and
-    the (2, 3) float32 map of q to NDC of the output image.
+    Returns to_ndc (2, 2) float32, per axis (x, y) the (scale, offset) with output NDC = scale q + offset
+    for a stored integer q, and bounds (2, 2) int32, per axis the inclusive range (lower, upper) of the q
+    whose target lies inside the cropped target image (-0.5 <= v <= m - 0.5 for output pixel v, m the
+    output size).
 
     Per axis: source pixel u = (n - 1) / 2 * (1 - q / S) (S = FLOW_NDC_SCALE, n the source size), output
-    pixel v = scale * u + offset (the crop's affine map) = v0 - slope * q, output NDC = 1 - 2 v / (m - 1)
-    (m the output size). v decreases with q, so -0.5 <= v <= m - 0.5 is an integer range of q, computed in
-    exact rational arithmetic.
+    pixel v = scale * u + offset (the crop's affine map) = v0 - slope * q, output NDC = 1 - 2 v / (m - 1).
+    v decreases with q, so the inside test is an integer range of q, computed in exact rational arithmetic.
     """
     half = fractions.Fraction(1, 2)
-    lower, upper = [], []
-    affine = np.zeros((2, 3), np.float32)
+    to_ndc = np.zeros((2, 2), np.float32)
+    bounds = np.zeros((2, 2), np.int32)
     axes = ((source_hw[1], crop.out_width, crop.x0, crop.crop_width),
             (source_hw[0], crop.out_height, crop.y0, crop.crop_height))
     for axis, (size, out, start, crop_size) in enumerate(axes):
         scale = fractions.Fraction(out, crop_size)
         v0 = scale * fractions.Fraction(size - 1, 2) + (half - start) * scale - half
         slope = scale * fractions.Fraction(size - 1, 2) / fractions.Fraction(int(FLOW_NDC_SCALE))
-        lower.append(max(-32768, math.ceil((v0 - out + half) / slope)))
-        upper.append(min(32767, math.floor((v0 + half) / slope)))
-        affine[axis, axis] = float(2 * slope / (out - 1))
-        affine[axis, 2] = float(1 - 2 * v0 / (out - 1))
-    return tuple(lower), tuple(upper), affine
+        bounds[axis] = (max(-32768, math.ceil((v0 - out + half) / slope)), min(32767, math.floor((v0 + half) / slope)))
+        to_ndc[axis] = (float(2 * slope / (out - 1)), float(1 - 2 * v0 / (out - 1)))
+    return to_ndc, bounds
+
+
+def flow_targets(quantized, confidence, stored, to_ndc, bounds, xp):
+    """Flow targets of the output image from nearest-sampled stored flow (device half of `flow_maps`).
+
+    quantized (..., S, H, W, 2) int16 stored NDC x FLOW_NDC_SCALE of the target frame; confidence (..., S,
+    H, W) uint8 stored mask x 255; stored (..., S) bool, False for padding pairs; to_ndc, bounds (..., 2, 2)
+    from `flow_maps`. Returns coords (..., S, H, W, 2) float32 in NDC of the cropped target frame
+    (identity for padding pairs) and mask (..., S, H, W) float32 in [0, 1], zero where the target leaves
+    the cropped target image (decided exactly on the stored integers) and for padding pairs.
+    """
+    height, width = quantized.shape[-3], quantized.shape[-2]
+    per_pixel = to_ndc[..., None, None, None, :, :]                        # (..., 1, 1, 1, 2, 2)
+    limits = bounds[..., None, None, None, :, :]
+    coords = quantized.astype(xp.float32) * per_pixel[..., 0] + per_pixel[..., 1]
+    inside = xp.all((quantized >= limits[..., 0]) & (quantized <= limits[..., 1]), axis=-1)
+    identity = pixel_to_ndc(pixel_grid(height, width, xp), height, width)
+    coords = xp.where(stored[..., None, None, None], coords, identity)
+    keep = inside & stored[..., None, None]
+    mask = xp.where(keep, confidence.astype(xp.float32) / xp.float32(255.0), xp.float32(0.0))
+    return coords, mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,45 +187,59 @@ def random_color_jitter(rng: np.random.Generator, brightness: float, contrast: f
                        hue=float(np.pi * rng.uniform(-hue, hue)))
 
 
-def apply_color_jitter(images: np.ndarray, jitter: ColorJitter) -> np.ndarray:
-    """(n, H, W, 3) float32 in [0, 1] -> jittered images clipped to [0, 1] (same jitter on every frame).
+def color_transform(images: np.ndarray, jitter: ColorJitter | None) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames -> (n, 3, 4) float32 per-frame affine colour maps x -> A x + t of the
+    jitter on values in [0, 1] (identity when `jitter` is None); `apply_color_transform` applies them.
 
     Order: brightness (scale), contrast (blend with the frame's mean luma), saturation (blend with the
-    pixel's luma), hue (rotation of the chroma plane in YIQ space). Before the final clip these steps are
-    one affine colour map per frame, x -> A x + t (t holds the frame's mean luma), applied in one pass.
+    pixel's luma), hue (rotation of the chroma plane in YIQ space), then a clip to [0, 1]. Before the clip
+    these steps are one affine map per frame (t holds the frame's mean luma). Same jitter on every frame.
     """
+    count = images.shape[0]
+    if jitter is None:
+        return np.broadcast_to(np.eye(3, 4, dtype=np.float32), (count, 3, 4)).copy()
     cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
     rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
     hue = _YIQ_TO_RGB.astype(np.float64) @ rotation @ _RGB_TO_YIQ.astype(np.float64) if jitter.hue else np.eye(3)
     luma = _LUMA.astype(np.float64)
     saturation = jitter.saturation * np.eye(3) + (1.0 - jitter.saturation) * np.outer(np.ones(3), luma)
     colour = hue @ saturation                                           # saturation, then hue
-    out = np.empty(images.shape, np.float32)
-    for image, frame in zip(images, out, strict=True):
-        mean_luma = jitter.brightness * float(np.dot(cv2.mean(image)[:3], luma))
-        affine = np.concatenate([colour * (jitter.contrast * jitter.brightness),
-                                 colour @ np.full((3, 1), (1.0 - jitter.contrast) * mean_luma)], axis=1)
-        cv2.transform(image, affine.astype(np.float32), dst=frame)
-    return np.clip(out, 0.0, 1.0, out=out)
+    out = np.empty((count, 3, 4), np.float32)
+    for image, affine in zip(images, out, strict=True):
+        mean_luma = jitter.brightness * float(np.dot(cv2.mean(image)[:3], luma)) / 255.0
+        affine[:, :3] = colour * (jitter.contrast * jitter.brightness)
+        affine[:, 3] = colour @ np.full(3, (1.0 - jitter.contrast) * mean_luma)
+    return out
 
 
-def world_points(depth: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                 intrinsics: np.ndarray, camera_poses: np.ndarray) -> np.ndarray:
+def apply_color_transform(images, transform, xp):
+    """(..., n, H, W, 3) uint8 frames and (..., n, 3, 4) colour maps (`color_transform`) -> (..., n, H, W,
+    3) float32 A (images / 255) + t clipped to [0, 1]; exactly images / 255 for identity maps. Written as
+    elementwise products and sums (no matrix unit, so no reduced-precision matmul on accelerators)."""
+    values = images.astype(xp.float32) * xp.float32(1.0 / 255.0)
+    per_pixel = transform[..., None, None, :, :]                         # (..., n, 1, 1, 3, 4)
+    mapped = (values[..., None, :] * per_pixel[..., :3]).sum(axis=-1) + per_pixel[..., 3]
+    return xp.clip(mapped, 0.0, 1.0)
+
+
+def pixel_to_world(intrinsics: np.ndarray, camera_poses: np.ndarray) -> np.ndarray:
+    """(n, 3, 3) source intrinsics and (n, 4, 4) camera-to-world poses -> (n, 3, 3) float32 R K^-1,
+    computed in float64 (the ray map `world_points` applies)."""
+    intrinsics, camera_poses = np.asarray(intrinsics, np.float64), np.asarray(camera_poses, np.float64)
+    return (camera_poses[:, :3, :3] @ np.linalg.inv(intrinsics)).astype(np.float32)
+
+
+def world_points(depth, valid, rows, cols, ray_map, camera_poses, xp):
     """World points of output pixels from the source pixels they sample.
 
-    depth (n, h, w) float32 z-depth, 0 where `valid` (n, h, w) bool is False; rows (h,) / cols (w,) the
-    source pixel of every output row / column (`CropResize.nearest_source_index`); intrinsics (n, 3, 3)
-    and camera_poses (n, 4, 4) camera-to-world of the source frames. Returns (n, h, w, 3) float32
-    R K^-1 [col, row, 1] depth + t where valid, 0 elsewhere.
+    depth (..., n, h, w) float32 z-depth, 0 where `valid` (..., n, h, w) bool is False; rows (..., h) /
+    cols (..., w) int the source pixel of every output row / column (`CropResize.nearest_source_index`);
+    ray_map (..., n, 3, 3) float32 R K^-1 of the source frames (`pixel_to_world`); camera_poses (..., n, 4,
+    4) camera-to-world. Returns (..., n, h, w, 3) float32 R K^-1 [col, row, 1] depth + t where valid, 0
+    elsewhere.
     """
-    count, height, width = depth.shape
-    intrinsics, camera_poses = np.asarray(intrinsics, np.float64), np.asarray(camera_poses, np.float64)
-    pixel_to_world = (camera_poses[:, :3, :3] @ np.linalg.inv(intrinsics)).astype(np.float32)
-    col_grid = np.ascontiguousarray(np.broadcast_to(cols.astype(np.float32), (height, width)))
-    row_grid = np.ascontiguousarray(np.broadcast_to(rows.astype(np.float32)[:, None], (height, width)))
-    out = np.empty((count, height, width, 3), np.float32)
-    for k in range(count):
-        scaled = cv2.merge([cv2.multiply(col_grid, depth[k]), cv2.multiply(row_grid, depth[k]), depth[k]])
-        cv2.transform(scaled, pixel_to_world[k], dst=out[k])
-        cv2.add(out[k], tuple(camera_poses[k, :3, 3]) + (0.0,), dst=out[k], mask=valid[k].view(np.uint8))
-    return out
+    scaled = xp.stack([cols[..., None, None, :].astype(xp.float32) * depth,
+                       rows[..., None, :, None].astype(xp.float32) * depth, depth], axis=-1)
+    rotated = (scaled[..., None, :] * ray_map[..., None, None, :, :]).sum(axis=-1)
+    points = rotated + camera_poses[..., None, None, :3, 3]
+    return xp.where(valid[..., None], points, xp.float32(0.0))

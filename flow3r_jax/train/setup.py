@@ -81,11 +81,11 @@ class TrainProgram:
         return state_lib.init_state(self.layout, self.model_fn, self.config.seed, _weight_loader(self.config))
 
     def batch_spec(self, batch_size: int, num_frames: int, num_pairs: int, height: int, width: int) -> dict:
-        """Abstract global batch of the sample contract with its shardings (for AOT compilation)."""
+        """Abstract global wire batch with its shardings (for AOT compilation)."""
         return train_step_lib.batch_spec(self.mesh, self.rules, batch_size, num_frames, num_pairs, height, width)
 
     def global_batch(self, local_batch: dict) -> dict:
-        """This host's numpy batch -> global jax.Arrays on the mesh."""
+        """This host's numpy (wire) batch -> global jax.Arrays on the mesh."""
         return train_step_lib.global_batch(local_batch, self.mesh, self.rules)
 
     def compile(self, batch_spec: dict):
@@ -106,7 +106,7 @@ class TrainProgram:
         return programs
 
     def bucket_of(self, batch: dict) -> Bucket:
-        """The bucket whose shape a global batch has; ValueError if none."""
+        """The bucket whose shape a global wire batch has; ValueError if none."""
         b, n, h, w = batch["images"].shape[:4]
         bucket = Bucket(num_frames=n, height=h, width=w, num_pairs=batch["pair_indices"].shape[1], batch_size=b)
         if bucket not in self.buckets:
@@ -158,7 +158,7 @@ def build_program(config, mesh: Mesh | None = None) -> TrainProgram:
     step = train_step_lib.make_train_step(
         layout, lambda outputs, batch: compute_losses(outputs, batch, config.loss), schedule=schedule,
         frozen=frozen, accum_steps=config.grad_accum_steps, mesh=mesh, rules=rules,
-        batch_shardings=train_step_lib.contract_shardings(mesh, rules))
+        batch_shardings=train_step_lib.contract_shardings(mesh, rules), expand=train_step_lib.expand_wire_batch)
     return TrainProgram(config=config, mesh=mesh, rules=rules, layout=layout, schedule=schedule, frozen=frozen,
                         buckets=tuple(buckets), train_step=step, forward=make_forward(layout.graphdef, mesh, rules))
 

@@ -1,10 +1,13 @@
 """The jitted, sharded train step and the host-to-global batch boundary.
 
 Per-host numpy batches become global jax.Arrays in exactly one place (`global_batch`): axis 0 is
-split over the mesh axes of the logical "batch" rule, every other axis is replicated. The step takes
-the donated TrainState and that global batch, and returns the new state and a dict of scalar metrics
-(replicated). Gradient accumulation scans over micro-batches; a step whose loss or gradient is not
-finite leaves parameters and optimizer state unchanged and reports `skipped = 1`.
+split over the mesh axes of the logical "batch" rule, every other axis is replicated. Training batches
+cross in the wire format (flow3r_jax/data/wire.py); the step's first operation on each (micro-)batch is
+`expand_batch` into the batch contract the losses read. The step takes the donated TrainState and that
+global batch, and returns the new state and a dict of scalar metrics (replicated). Gradient
+accumulation scans over micro-batches; a step whose loss or gradient is not finite (including
+non-finite values computed by the expansion) leaves parameters and optimizer state unchanged and
+reports `skipped = 1`.
 """
 
 from __future__ import annotations
@@ -18,23 +21,23 @@ import optax
 from jax.sharding import Mesh
 
 from flow3r_jax import sharding
-from flow3r_jax.data.samples import SAMPLE_CONTRACT, batch_shapes
+from flow3r_jax.data.wire import WIRE_CONTRACT, expand_batch, wire_batch_shapes
 from flow3r_jax.train.state import StateLayout, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]   # (model outputs, batch) -> (total, terms)
 
 
 def contract_shardings(mesh: Mesh, rules) -> dict:
-    """NamedSharding per key of the sample contract: leading (batch) axis on the "batch" rule."""
-    return {key: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for key, (shape, _) in SAMPLE_CONTRACT.items()}
+    """NamedSharding per key of the wire contract: leading (batch) axis on the "batch" rule."""
+    return {key: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for key, (shape, _) in WIRE_CONTRACT.items()}
 
 
 def batch_spec(mesh: Mesh, rules, batch_size: int, num_frames: int, num_pairs: int, height: int,
                width: int) -> dict:
-    """Abstract global batch (ShapeDtypeStructs with their shardings) of the sample contract."""
+    """Abstract global wire batch (ShapeDtypeStructs with their shardings)."""
     shardings = contract_shardings(mesh, rules)
     return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[key])
-            for key, (shape, dtype) in batch_shapes(batch_size, num_frames, num_pairs, height, width).items()}
+            for key, (shape, dtype) in wire_batch_shapes(batch_size, num_frames, num_pairs, height, width).items()}
 
 
 def global_batch(local_batch: dict, mesh: Mesh, rules) -> dict:
@@ -42,6 +45,12 @@ def global_batch(local_batch: dict, mesh: Mesh, rules) -> dict:
     shardings = {k: sharding.batch_sharding(mesh, rules, np.ndim(v)) for k, v in local_batch.items()}
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
             for k, v in local_batch.items()}
+
+
+def expand_wire_batch(batch: dict) -> dict:
+    """Wire batch -> batch contract with jax.numpy (flow3r_jax/data/wire.py `expand_batch`), traced into
+    the train step."""
+    return expand_batch(batch, jnp)
 
 
 def _micro_batches(batch: dict, steps: int) -> dict:
@@ -56,15 +65,20 @@ def _micro_batches(batch: dict, steps: int) -> dict:
 
 
 def make_train_step(layout: StateLayout, loss_fn: LossFn, *, schedule: optax.Schedule, frozen,
-                    accum_steps: int, mesh: Mesh, rules, batch_shardings: dict):
+                    accum_steps: int, mesh: Mesh, rules, batch_shardings: dict,
+                    expand: Callable[[dict], dict] | None = None):
     """Returns the jitted step(state, global_batch) -> (state, metrics) with the state's shardings.
 
     Trace and call it inside `sharding.use_rules(mesh, rules)` (activation constraints need them).
     frozen: pytree of bools over the params (optimizer.frozen_mask); frozen gradients are left out
-    of the reported gradient norm. batch_shardings: NamedSharding per batch key (for the sample
-    contract: `contract_shardings`).
+    of the reported gradient norm. batch_shardings: NamedSharding per batch key (for wire batches:
+    `contract_shardings`). expand: the first operation on each (micro-)batch, on the device
+    (`expand_wire_batch` for wire batches; None: the loss reads the batch as given), so only one
+    expanded micro-batch is live at a time.
     """
     def objective(params, buffers, batch):
+        if expand is not None:
+            batch = expand(batch)
         outputs = layout.model(params, buffers)(batch["images"], batch["pair_indices"])
         return loss_fn(outputs, batch)
 
