@@ -144,6 +144,8 @@ def benchmark_buckets(config, mesh_sizes) -> None:
         memory = compiled.memory_analysis()
         args, temp, out, alias = (getattr(memory, f"{k}_size_in_bytes") / GIB
                                   for k in ("argument", "temp", "output", "alias"))
+        del compiled
+        jax.clear_caches()   # one program at a time: with all of them alive, LLVM ran out of memory at the 16th
         per_device = bucket.batch_size // devices
         print(f"{bucket.num_frames:>6} {f'{bucket.height}x{bucket.width}':>9} {bucket.num_pairs:>5} "
               f"{bucket.batch_size:>6} {per_device:>7} {per_device * bucket.tokens(patch):>10} {compile_s:>9.1f} "
