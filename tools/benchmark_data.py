@@ -113,6 +113,7 @@ def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float, dict]:
 
 
 def megabytes_per_sample(batch: dict) -> float:
+    """Bytes of a batch of _BATCH samples (numpy arrays), per sample, in MB."""
     return sum(v.nbytes for v in batch.values()) / _BATCH.value / 1e6
 
 

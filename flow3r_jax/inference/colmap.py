@@ -19,6 +19,7 @@ place before the import are put back.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import os
 import pathlib
@@ -35,8 +36,9 @@ _GLOG_SIGNALS = (signal.SIGSEGV, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, s
 _SIGACTION_BYTES = 512     # larger than `struct sigaction` on every platform; only passed back to the C library
 
 
+@functools.cache
 def _pycolmap():
-    """The pycolmap module, imported with this process's signal handlers kept (module docstring)."""
+    """The pycolmap module, imported once with this process's signal handlers kept (module docstring)."""
     libc = ctypes.CDLL(None, use_errno=True)
     saved = {}
     for sig in _GLOG_SIGNALS:

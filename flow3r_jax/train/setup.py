@@ -158,7 +158,7 @@ def build_program(config, mesh: Mesh | None = None) -> TrainProgram:
     step = train_step_lib.make_train_step(
         layout, lambda outputs, batch: compute_losses(outputs, batch, config.loss), schedule=schedule,
         frozen=frozen, accum_steps=config.grad_accum_steps, mesh=mesh, rules=rules,
-        batch_shardings=train_step_lib.contract_shardings(mesh, rules), expand=train_step_lib.expand_wire_batch)
+        batch_shardings=train_step_lib.wire_shardings(mesh, rules), expand=train_step_lib.expand_wire_batch)
     return TrainProgram(config=config, mesh=mesh, rules=rules, layout=layout, schedule=schedule, frozen=frozen,
                         buckets=tuple(buckets), train_step=step, forward=make_forward(layout.graphdef, mesh, rules))
 

@@ -27,7 +27,7 @@ from flow3r_jax.train.state import StateLayout, TrainState
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]   # (model outputs, batch) -> (total, terms)
 
 
-def contract_shardings(mesh: Mesh, rules) -> dict:
+def wire_shardings(mesh: Mesh, rules) -> dict:
     """NamedSharding per key of the wire contract: leading (batch) axis on the "batch" rule."""
     return {key: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for key, (shape, _) in WIRE_CONTRACT.items()}
 
@@ -35,7 +35,7 @@ def contract_shardings(mesh: Mesh, rules) -> dict:
 def batch_spec(mesh: Mesh, rules, batch_size: int, num_frames: int, num_pairs: int, height: int,
                width: int) -> dict:
     """Abstract global wire batch (ShapeDtypeStructs with their shardings)."""
-    shardings = contract_shardings(mesh, rules)
+    shardings = wire_shardings(mesh, rules)
     return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[key])
             for key, (shape, dtype) in wire_batch_shapes(batch_size, num_frames, num_pairs, height, width).items()}
 
@@ -72,7 +72,7 @@ def make_train_step(layout: StateLayout, loss_fn: LossFn, *, schedule: optax.Sch
     Trace and call it inside `sharding.use_rules(mesh, rules)` (activation constraints need them).
     frozen: pytree of bools over the params (optimizer.frozen_mask); frozen gradients are left out
     of the reported gradient norm. batch_shardings: NamedSharding per batch key (for wire batches:
-    `contract_shardings`). expand: the first operation on each (micro-)batch, on the device
+    `wire_shardings`). expand: the first operation on each (micro-)batch, on the device
     (`expand_wire_batch` for wire batches; None: the loss reads the batch as given), so only one
     expanded micro-batch is live at a time.
     """
