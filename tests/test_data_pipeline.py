@@ -21,7 +21,7 @@ from flow3r_jax.data.samples import SAMPLE_CONTRACT, build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
-from flow3r_jax.data.transforms import ColorJitter, center_crop, random_crop
+from flow3r_jax.data.transforms import AREA_MIN_SHRINK, ColorJitter, center_crop, random_crop
 from flow3r_jax.data.wire import WIRE_CONTRACT, expand_batch, wire_batch_shapes
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid, pixel_to_ndc
 
@@ -95,9 +95,10 @@ def _reference_sample(clip, selection, crop, jitter):
     rows, cols = crop.nearest_source_index()
     frames = selection.frames
     window = decode_frames(clip, frames)[:, crop.y0:crop.y0 + crop.crop_height, crop.x0:crop.x0 + crop.crop_width]
-    shrinking = crop.out_width < crop.crop_width or crop.out_height < crop.crop_height
+    shrink = max(crop.crop_width / crop.out_width, crop.crop_height / crop.out_height)
     images = np.stack([cv2.resize(f.astype(np.float32) / 255.0, (crop.out_width, crop.out_height),
-                                  interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR) for f in window])
+                                  interpolation=cv2.INTER_AREA if shrink > AREA_MIN_SHRINK else cv2.INTER_LINEAR)
+                       for f in window])
     depth = clip.depth[frames][:, rows][:, :, cols].astype(np.float64)
     valid = clip.valid_mask[frames][:, rows][:, :, cols] & (depth > 0) & (depth < np.inf)
     depth = np.where(valid, depth, 0.0)
@@ -258,7 +259,7 @@ def test_corrupt_record_raises_with_file_and_index_or_is_counted(data_cfg, tmp_p
     shard.parent.mkdir()
     _write_shard(shard, [records[0], bytes(flipped), encode_clip(bad_pose), records[3]])
     cfg = with_values(data_cfg, sources=[{"path": str(shard.parent)}], crop_scale_range=(1.0, 1.0))
-    corrupt = rf"{shard}#(1: (\w+\[\d+\]: )?checksum|2: non-finite values in camera_poses)"
+    corrupt = rf"{shard}#(1: (\w+\[\d+\]: )?checksum|2: non-finite values in the record's camera_poses)"
     with pytest.raises(RecordError, match=corrupt):
         _batches(cfg, 2)
 

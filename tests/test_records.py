@@ -1,4 +1,5 @@
-"""Clip record format: version 2 round trip, version 1 reading, version and corruption errors, real shards."""
+"""Clip record format: version 3 round trip, versions 1 and 2 reading, version and corruption errors, real
+shards."""
 
 import json
 import struct
@@ -7,6 +8,7 @@ import zlib
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from flow3r_jax.data.records import (
@@ -15,6 +17,7 @@ from flow3r_jax.data.records import (
     RECORD_VERSION,
     Clip,
     RecordError,
+    crc32c,
     decode_clip,
     decode_frames,
     encode_clip,
@@ -28,7 +31,7 @@ from flow3r_jax.data.shard_writer import WRITER_OPTIONS, finished_shard, shard_f
 from flow3r_jax.data.synthetic import synthetic_record
 from flow3r_jax.data.transforms import random_color_jitter, random_crop
 
-_V2_HEADER = struct.Struct("<4sHII")
+_HEADER = struct.Struct("<4sHII")
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +72,45 @@ def encode_clip_v1(clip: Clip) -> bytes:
     return struct.pack("<4sHI", b"F3RC", 1, zlib.crc32(payload)) + payload
 
 
+def encode_clip_v2(clip: Clip) -> bytes:
+    """The version 2 writer (records.py documents it): the version 3 layout with zstd level 3 blobs and
+    flow_coords delta-coded along W."""
+    index, _ = _index(encode_clip(clip))  # the same index; its blob table is rebuilt below
+    quantized = np.rint(np.asarray(clip.flow_coords, np.float64) * FLOW_NDC_SCALE).astype(np.int16)
+    arrays = {"flow_coords": np.diff(quantized, axis=2, prepend=np.int16(0)),
+              "flow_mask": np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0).astype(np.uint8)}
+    if clip.is_labeled:
+        arrays.update(depth=clip.depth.astype("<f2"), valid_mask=clip.valid_mask.astype(np.uint8))
+    compressor = zstandard.ZstdCompressor(level=3)
+    fields = {"frames": [bytes(f) for f in clip.frames]}
+    fields.update({key: [compressor.compress(entry.tobytes()) for entry in array] for key, array in arrays.items()})
+    table, area = {}, bytearray()
+    for key, blobs in fields.items():
+        table[key] = []
+        for blob in blobs:
+            table[key].append([len(area), len(blob), zlib.crc32(blob)])
+            area += blob
+    index["blobs"] = table
+    return _with_index(index, bytes(area), version=2)
+
+
+ENCODERS = {"v3": encode_clip, "v2": encode_clip_v2, "v1": encode_clip_v1}
+
+
 def _index(data: bytes) -> tuple[dict, bytes]:
-    """(index map, blob area) of version 2 record bytes."""
-    size = _V2_HEADER.unpack_from(data)[3]
-    return msgpack.unpackb(data[_V2_HEADER.size:_V2_HEADER.size + size]), data[_V2_HEADER.size + size:]
+    """(index map, blob area) of version 2 or 3 record bytes."""
+    size = _HEADER.unpack_from(data)[3]
+    return msgpack.unpackb(data[_HEADER.size:_HEADER.size + size]), data[_HEADER.size + size:]
 
 
 def _with_index(index: dict, blobs: bytes, version: int = RECORD_VERSION) -> bytes:
     packed = msgpack.packb(index, use_bin_type=True)
-    return _V2_HEADER.pack(b"F3RC", version, zlib.crc32(packed), len(packed)) + packed + blobs
+    return _HEADER.pack(b"F3RC", version, _checksum(version)(packed), len(packed)) + packed + blobs
+
+
+def _checksum(version: int):
+    """The checksum of index and blobs: CRC-32C in version 3, zlib's CRC-32 in version 2."""
+    return crc32c if version == 3 else zlib.crc32
 
 
 def _assert_clips_equal(a: Clip, b: Clip) -> None:
@@ -89,7 +122,7 @@ def _assert_clips_equal(a: Clip, b: Clip) -> None:
 
 def test_labeled_round_trip_within_stated_quantization(labeled_clip):
     data = encode_clip(labeled_clip)
-    assert struct.unpack_from("<H", data, 4)[0] == RECORD_VERSION == 2
+    assert struct.unpack_from("<H", data, 4)[0] == RECORD_VERSION == 3
     decoded = decode_clip(data, "test#0")
     assert decoded.source_id == labeled_clip.source_id and decoded.is_labeled and decoded.normal_ok
     assert decoded.frames == labeled_clip.frames
@@ -110,9 +143,14 @@ def test_flow_running_sum_wraps_like_int16(labeled_clip):
     np.testing.assert_array_equal(undelta_flow(deltas), np.cumsum(deltas, axis=2, dtype=np.int16))
     extremes = np.where(np.indices(labeled_clip.flow_coords.shape).sum(0) % 2, FLOW_NDC_LIMIT, -FLOW_NDC_LIMIT)
     clip = Clip(**{**labeled_clip.__dict__, "flow_coords": extremes.astype(np.float32)})  # deltas wrap around
-    for encode in (encode_clip, encode_clip_v1):
+    for encode in ENCODERS.values():
         decoded = decode_clip(encode(clip))
         assert np.abs(decoded.flow_coords - clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-6
+
+
+def test_checksum_is_crc32c_of_bytes_and_views():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
+    assert crc32c(memoryview(b"..123456789..")[2:-2]) == 0xE3069283 and crc32c(b"") == 0
 
 
 def test_unlabeled_round_trip(labeled_clip):
@@ -132,7 +170,7 @@ def test_decode_frames_png_is_exact(labeled_clip):
         decode_frames(labeled_clip, [4])
 
 
-@pytest.mark.parametrize("encode", [encode_clip, encode_clip_v1], ids=["v2", "v1"])
+@pytest.mark.parametrize("encode", ENCODERS.values(), ids=ENCODERS.keys())
 def test_selective_decoding_equals_full_decoding(labeled_clip, encode):
     data = encode(labeled_clip)
     full = decode_clip(data, "sel#0")
@@ -157,36 +195,39 @@ def test_selective_decoding_equals_full_decoding(labeled_clip, encode):
         open_clip(encode(unlabeled_clip(labeled_clip)), "sel#0").decode_depth([0])
 
 
-def test_version_1_records_decode_to_the_version_2_values(labeled_clip):
+def test_older_versions_decode_to_the_version_3_values(labeled_clip):
     for clip in (labeled_clip, unlabeled_clip(labeled_clip)):
-        old, new = encode_clip_v1(clip), encode_clip(clip)
-        assert struct.unpack_from("<H", old, 4)[0] == 1
-        assert open_clip(old, "v1#0").version == 1 and open_clip(new, "v2#0").version == 2
-        _assert_clips_equal(decode_clip(old, "v1#0"), decode_clip(new, "v2#0"))
+        new = decode_clip(encode_clip(clip), "v3#0")
+        for version, encode in ((1, encode_clip_v1), (2, encode_clip_v2)):
+            old = encode(clip)
+            assert struct.unpack_from("<H", old, 4)[0] == version == open_clip(old, "old#0").version
+            _assert_clips_equal(decode_clip(old, "old#0"), new)
 
 
-def test_version_1_and_2_records_give_identical_samples(labeled_clip):
-    records = [open_clip(encode_clip_v1(labeled_clip), "v1#0"), open_clip(encode_clip(labeled_clip), "v2#0")]
+def test_every_version_gives_identical_samples(labeled_clip):
+    records = [open_clip(encode(labeled_clip), f"{name}#0") for name, encode in ENCODERS.items()]
     for index in range(3):
         rng = sample_rng(7, index)
         selection = select_frames_and_pairs(4, labeled_clip.flow_pairs, 3, 2, rng)
         crop = random_crop((28, 42), (14, 28), (0.6, 1.0), rng)
         jitter = random_color_jitter(rng, 0.2, 0.2, 0.2, 0.02)
-        old, new = (build_sample(r, selection, crop, jitter, True, r.where) for r in records)
-        for key in old:
-            np.testing.assert_array_equal(old[key], new[key], err_msg=key)
+        new, *olds = (build_sample(r, selection, crop, jitter, True, r.where) for r in records)
+        for old in olds:
+            for key in new:
+                np.testing.assert_array_equal(old[key], new[key], err_msg=key)
 
 
 def test_unknown_version_is_rejected(labeled_clip):
     index, blobs = _index(encode_clip(labeled_clip))
     for version in (0, RECORD_VERSION + 1):
         with pytest.raises(RecordError, match=rf"shard-x#3: unsupported record version {version}; this reader "
-                                              r"handles versions \[1, 2\]"):
+                                              r"handles versions \[1, 2, 3\]"):
             decode_clip(_with_index(index, blobs, version), "shard-x#3")
 
 
-def test_corrupt_blob_names_record_and_field(labeled_clip):
-    data = encode_clip(labeled_clip)
+@pytest.mark.parametrize("encode", [encode_clip, encode_clip_v2], ids=["v3", "v2"])
+def test_corrupt_blob_names_record_and_field(labeled_clip, encode):
+    data = encode(labeled_clip)
     index, blobs = _index(data)
     start = len(data) - len(blobs)
     for field, entry in (("depth", 2), ("flow_coords", 1), ("frames", 3), ("valid_mask", 0)):
@@ -199,10 +240,11 @@ def test_corrupt_blob_names_record_and_field(labeled_clip):
         others = [k for k in range(len(index["blobs"][field])) if k != entry]
         if field == "depth":  # the other entries of the damaged field still decode
             np.testing.assert_array_equal(record.decode_depth(others), decode_clip(data).depth[others])
-    bad = zlib.compress(b"x")  # right checksum, not a zstd frame
-    index["blobs"]["depth"][0] = [len(blobs), len(bad), zlib.crc32(bad)]
+    bad = zlib.compress(b"x")  # right checksum, neither a Blosc2 chunk nor a zstd frame
+    version = open_clip(data).version
+    index["blobs"]["depth"][0] = [len(blobs), len(bad), _checksum(version)(bad)]
     with pytest.raises(RecordError, match=r"r#3: depth\[0\] cannot be decompressed"):
-        open_clip(_with_index(index, blobs + bad), "r#3").decode_depth([0])
+        open_clip(_with_index(index, blobs + bad, version), "r#3").decode_depth([0])
 
 
 def test_truncated_and_corrupted_records_are_rejected(labeled_clip):
@@ -212,7 +254,7 @@ def test_truncated_and_corrupted_records_are_rejected(labeled_clip):
     with pytest.raises(RecordError, match="s#2: truncated record"):
         decode_clip(data[:5], "s#2")
     flipped = bytearray(data)
-    flipped[_V2_HEADER.size + 3] ^= 0xFF
+    flipped[_HEADER.size + 3] ^= 0xFF
     with pytest.raises(RecordError, match="s#4: index checksum mismatch"):
         decode_clip(bytes(flipped), "s#4")
     with pytest.raises(RecordError, match="s#5: not a clip record"):
@@ -247,7 +289,8 @@ def test_missing_keys_and_bad_shapes_are_rejected(labeled_clip):
 
 
 def test_shards_hold_current_version_records_only(tmp_path, labeled_clip):
-    with pytest.raises(RecordError, match="old#0: record version 1; shards are written in version 2 only"):
+    with pytest.raises(RecordError, match=f"old#0: record version 1; shards are written in version {RECORD_VERSION} "
+                                          "only"):
         write_shard(tmp_path, "test", 0, 1, [("old#0", encode_clip_v1(labeled_clip))], build={})
     assert not list(tmp_path.glob("*.array_record"))
     entry = write_shard(tmp_path, "test", 0, 1, [("new#0", encode_clip(labeled_clip))], build={"b": 1})

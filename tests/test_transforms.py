@@ -144,3 +144,18 @@ def test_nearest_sampling_moves_whole_pixels():
                   rng.integers(-999, 999, (2,) + SOURCE_HW + (2,)).astype(np.int16),
                   rng.normal(size=(2,) + SOURCE_HW + (3,)).astype(np.float32)):
         np.testing.assert_array_equal(crop.sample_nearest(array), array[:, rows][:, :, cols])
+
+
+def test_nearest_source_index_is_a_nearest_pixel():
+    """Every output pixel samples a source pixel whose centre is within half a pixel (plus 0.01 px, the
+    near-ties OpenCV's fixed point may round either way) of the output pixel's centre mapped to the source."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        source = rng.integers(1, 700, 2)
+        size = rng.integers(1, source + 1)
+        start = rng.integers(0, source - size + 1)
+        out = rng.integers(1, 900, 2)
+        crop = CropResize(int(start[1]), int(start[0]), int(size[1]), int(size[0]), int(out[1]), int(out[0]))
+        for index, first, count, out_size in zip(crop.nearest_source_index(), start, size, out, strict=True):
+            centre = first + (np.arange(out_size) + 0.5) * count / out_size - 0.5
+            assert np.abs(index - centre).max() <= 0.51 and first <= index.min() and index.max() < first + count

@@ -1,15 +1,18 @@
 """Input pipeline throughput against the JPEG decode bound.
 
 Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py: wire batches, which the
-train step expands on the device) per worker count, the MB per sample of its batches and of the batch
-contract they expand to, the pure
+train step expands on the device) per worker count, for labeled samples and for flow-only samples (the
+same shards declared unlabeled, as the paper's unlabeled videos are), the MB per sample of its batches
+and of the batch contract they expand to, the pure
 JPEG decode rate of the same frames in one process (the bound of one process: a sample cannot be built
 faster than its frames decode), and their ratio, overall and per process (workers, or 1 without). On a
 shared machine wall-clock rates move with the load; the CPU column compares frames per CPU second of
 this process instead (pipeline without workers against decode), which the load barely changes.
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
 with 8 flow pairs, batch 2). The clips are synthetic (flow3r_jax/data/synthetic.py): `--distinct_clips`
-are rendered once and repeated into `--clips` records in `--cache_dir`, reused by later runs.
+are rendered once and repeated into `--clips` records in `--cache_dir`, reused by later runs (Grain's
+index shuffle costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to
+every sample that a dataset of realistic size does not pay).
 
     python tools/benchmark_data.py --workers=0,1,2
 """
@@ -29,7 +32,7 @@ from absl import app, flags
 from configs import common
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import Bucket
-from flow3r_jax.data.records import decode_frames, encode_clip, open_clip
+from flow3r_jax.data.records import RECORD_VERSION, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
 from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
@@ -38,7 +41,7 @@ from flow3r_jax.files import atomic_directory
 
 _CACHE_DIR = flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "flow3r_jax_benchmark_data"),
                                  "folder of the benchmark shards (built on first use)")
-_CLIPS = flags.DEFINE_integer("clips", 32, "records in the benchmark shards")
+_CLIPS = flags.DEFINE_integer("clips", 256, "records in the benchmark shards")
 _DISTINCT_CLIPS = flags.DEFINE_integer("distinct_clips", 2, "rendered clips the records cycle through")
 _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 8, "frames per stored clip")
 _CLIP_HEIGHT = flags.DEFINE_integer("clip_height", 392, "stored frame height")
@@ -56,9 +59,9 @@ _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to
 def benchmark_shards() -> str:
     """Folder of the benchmark shards, built once per setting: `clips` records cycling through
     `distinct_clips` rendered clips, 4 shards."""
-    build = {"kind": "benchmark", "clips": _CLIPS.value, "distinct_clips": _DISTINCT_CLIPS.value,
-             "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value, "width": _CLIP_WIDTH.value,
-             "pairs": 2 * _PAIRS.value}
+    build = {"kind": "benchmark", "record_version": RECORD_VERSION, "clips": _CLIPS.value,
+             "distinct_clips": _DISTINCT_CLIPS.value, "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value,
+             "width": _CLIP_WIDTH.value, "pairs": 2 * _PAIRS.value}
     digest = hashlib.sha1(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
     out = pathlib.Path(_CACHE_DIR.value) / f"benchmark-{digest}"
     if out.is_dir() and complete_manifest(out, build) is not None:
@@ -93,12 +96,12 @@ def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:
     return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu_start)
 
 
-def pipeline_rate(shard_dir: str, workers: int) -> tuple[float, float, dict]:
+def pipeline_rate(shard_dir: str, workers: int, labeled: bool) -> tuple[float, float, dict]:
     """Frames per second and per CPU second of this process of the training iterator with `workers`
-    Grain worker processes, and its last (wire) batch."""
+    Grain worker processes over the shards declared `labeled` or not, and its last (wire) batch."""
     data_cfg = common.get_base_config().data
-    data_cfg.update(sources=({"path": shard_dir},), num_frames=_NUM_FRAMES.value, pairs_per_sample=_PAIRS.value,
-                    height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
+    data_cfg.update(sources=({"path": shard_dir, "labeled": labeled},), num_frames=_NUM_FRAMES.value,
+                    pairs_per_sample=_PAIRS.value, height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
     bucket = Bucket(_NUM_FRAMES.value, _HEIGHT.value, _WIDTH.value, _PAIRS.value, _BATCH.value)
     iterator = pipeline.make_train_iterator(data_cfg, buckets=[bucket], seed=0, process_index=0, process_count=1)
     for _ in range(_WARMUP.value):
@@ -125,12 +128,14 @@ def main(argv) -> None:
           f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
     print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} pairs, output "
           f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
-    print(f"{'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} {'CPU vs decode':>14}")
-    for workers in (int(w) for w in _WORKERS.value):
-        rate, cpu_rate, batch = pipeline_rate(shard_dir, workers)
-        cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
-        print(f"{workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} "
-              f"{cpu_ratio:>14}")
+    print(f"{'samples':>10} {'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} "
+          f"{'CPU vs decode':>14}")
+    for labeled in (True, False):
+        for workers in (int(w) for w in _WORKERS.value):
+            rate, cpu_rate, batch = pipeline_rate(shard_dir, workers, labeled)
+            cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
+            print(f"{'labeled' if labeled else 'flow-only':>10} {workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} "
+                  f"{rate / decode / max(workers, 1):>12.2f} {cpu_ratio:>14}")
     print(f"MB per sample: {megabytes_per_sample(batch):.1f} in the wire format, "
           f"{megabytes_per_sample(expand_batch(batch, np)):.1f} in the batch contract")
 

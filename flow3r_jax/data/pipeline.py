@@ -52,8 +52,8 @@ from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
 from flow3r_jax.data.shard_reader import RawRecord, ShardRecords
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.transforms import center_crop, random_color_jitter, random_crop
-from flow3r_jax.data.wire import expand_batch
-from flow3r_jax.data.worker_memory import keep_freed_memory
+from flow3r_jax.data.wire import empty_wire_batch, expand_batch
+from flow3r_jax.data.worker_settings import apply_worker_settings
 
 MAX_CONSECUTIVE_CORRUPT = 16
 MAX_STEPS = 2 ** 62      # length of the (endless) step stream
@@ -90,7 +90,7 @@ def make_train_iterator(data_cfg, *, buckets: list[Bucket], seed: int, process_i
     for bucket in buckets:
         if bucket.batch_size % process_count:
             raise ValueError(f"bucket {bucket}: batch size not divisible by process_count {process_count}")
-    keep_freed_memory()  # this process and the Grain workers (flow3r_jax/data/worker_memory.py)
+    apply_worker_settings()  # this process and the Grain workers (flow3r_jax/data/worker_settings.py)
     sources = resolve_sources(data_cfg, data_cfg.sources)
     readers = [ShardRecords(list(s.paths)) for s in sources]
     builder = _SampleBuilder(readers, [s.labeled for s in sources], _sample_spec(data_cfg, train=True),
@@ -181,11 +181,14 @@ class _SampleBuilder:
         self._train = train
         self._seed = seed
 
-    def __call__(self, shape: Bucket, index: int, tagged: tuple[int, RawRecord]) -> dict[str, np.ndarray]:
+    def __call__(self, shape: Bucket, index: int, tagged: tuple[int, RawRecord],
+                 out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The wire sample (in `out` when given: one slot of a batch) plus the count of corrupt records
+        skipped for it under _SKIPPED_KEY."""
         source, record = tagged
         for skipped in range(MAX_CONSECUTIVE_CORRUPT + 1):
             try:
-                sample = self._build(record, source, shape, index)
+                sample = self._build(record, source, shape, index, out)
                 sample[_SKIPPED_KEY] = np.int32(skipped)
                 return sample
             except RecordError as err:
@@ -195,7 +198,7 @@ class _SampleBuilder:
                 record = self._sources[source][record.index + 1]
         raise RecordError(f"{record.where}: more than {MAX_CONSECUTIVE_CORRUPT} consecutive corrupt records")
 
-    def _build(self, record: RawRecord, source: int, shape: Bucket, index: int) -> dict:
+    def _build(self, record: RawRecord, source: int, shape: Bucket, index: int, out: dict | None) -> dict:
         if record.data is None:
             raise RecordError(f"{record.where}: cannot read record: {record.error}")
         clip = open_clip(record.data, record.where)
@@ -209,11 +212,12 @@ class _SampleBuilder:
         crop = center_crop(source_hw, out_hw) if rng is None else \
             random_crop(source_hw, out_hw, self._spec.crop_scale_range, rng)
         jitter = None if rng is None or self._spec.jitter is None else random_color_jitter(rng, *self._spec.jitter)
-        return build_sample(clip, selection, crop, jitter, self._labeled[source], record.where)
+        return build_sample(clip, selection, crop, jitter, self._labeled[source], record.where, out)
 
 
 class _HostBatch:
-    """Grain map: global step -> this host's batch of that step, in the shape of the step's bucket.
+    """Grain map: global step -> this host's batch of that step, in the shape of the step's bucket; the
+    samples are built in place in the batch's arrays.
 
     Host p of P takes global samples first + p, first + p + P, ... of the step (first: the step's first
     global sample index), so over all steps it reads samples p, p + P, ... of the mixed stream.
@@ -231,8 +235,13 @@ class _HostBatch:
         bucket = self._schedule.bucket(step)
         first = self._schedule.first_sample(step) + self._process_index
         indices = range(first, first + bucket.batch_size, self._process_count)
-        samples = [self._builder(bucket, g, self._mixed[g]) for g in indices]
-        return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+        batch = empty_wire_batch(len(indices), bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width)
+        skipped = np.zeros(len(indices), np.int32)
+        for slot, g in enumerate(indices):
+            sample = self._builder(bucket, g, self._mixed[g], {key: array[slot, ...] for key, array in batch.items()})
+            skipped[slot] = sample[_SKIPPED_KEY]
+        batch[_SKIPPED_KEY] = skipped
+        return batch
 
 
 def _mixed_records(readers: list[ShardRecords], weights: list[float], seed: int) -> grain.MapDataset:

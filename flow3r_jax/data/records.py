@@ -1,10 +1,10 @@
 """The clip record: one ArrayRecord entry = one video clip with optional 3D labels and flow targets.
 
-Byte layout of one record (version 2)::
+Byte layout of one record (version 3)::
 
     magic       4 bytes  b"F3RC"
     version     uint16 little-endian   (RECORD_VERSION)
-    index_crc   uint32 little-endian   (zlib.crc32 of the index)
+    index_crc   uint32 little-endian   (CRC-32C of the index)
     index_size  uint32 little-endian
     index       msgpack map (below)
     blobs       the blob area: every blob of the index, back to back
@@ -19,24 +19,25 @@ Index fields:
 ``flow_pairs``     (P, 2) int32 frame indices (i, j) within the clip, i != j
 ``intrinsics``     optional (T, 3, 3) float32 pixel units, (0, 0) = centre of the top-left pixel
 ``camera_poses``   optional (T, 4, 4) float32 camera-to-world, OpenCV axes (x right, y down, z forward)
-``blobs``          map field -> list of [offset, size, crc32] (offset into the blob area, zlib.crc32 of
-                   the blob), one per frame (``frames``, ``depth``, ``valid_mask``) or per flow pair
+``blobs``          map field -> list of [offset, size, crc] (offset into the blob area, CRC-32C of the
+                   blob), one per frame (``frames``, ``depth``, ``valid_mask``) or per flow pair
                    (``flow_coords``, ``flow_mask``)
 =================  =====================================================================================
 
-Small arrays are maps ``{"dtype", "shape", "data"}`` of little-endian bytes. Blobs, one per frame or pair:
+Small arrays are maps ``{"dtype", "shape", "data"}`` of little-endian bytes. Blobs, one per frame or pair;
+every array blob is one Blosc2 chunk (LZ4HC level 9, byte shuffle over the element size):
 
 =================  =====================================================================================
 ``frames[t]``      JPEG or PNG image, H x W, RGB (decoded by `decode_frames`)
 ``depth[t]``       (H, W) z-depth in the camera frame, 0 = unknown: float16 (relative rounding <= 2^-11,
-                   e.g. <= 2 mm at 4 m), zstd; decoded to float32
-``valid_mask[t]``  (H, W) bool as uint8 0/1, zstd
+                   e.g. <= 2 mm at 4 m); decoded to float32
+``valid_mask[t]``  (H, W) bool as uint8 0/1
 ``flow_coords[p]`` (H, W, 2) target-image coordinates in NDC (flow3r_jax/geometry/ndc.py) of every pixel of
                    frame i in frame j, quantized to int16 q = round(x * FLOW_NDC_SCALE) (step 1/4096 NDC,
-                   rounding <= 0.03 px at W = 518), delta-coded along W (int16 wrap-around arithmetic),
-                   zstd. Values must be finite with |x| <= FLOW_NDC_LIMIT (producers clip the coordinates
-                   of pixels that leave the image far behind; those pixels are not co-visible anyway)
-``flow_mask[p]``   (H, W) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m), zstd
+                   rounding <= 0.03 px at W = 518). Values must be finite with |x| <= FLOW_NDC_LIMIT
+                   (producers clip the coordinates of pixels that leave the image far behind; those pixels
+                   are not co-visible anyway)
+``flow_mask[p]``   (H, W) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m)
 =================  =====================================================================================
 
 The four label fields (depth, intrinsics, camera_poses, valid_mask) are either all present (labeled
@@ -44,22 +45,26 @@ clip) or all absent (unlabeled clip). P may be 0.
 
 Why this layout: a training sample uses a few frames and pairs of a clip, so every frame, depth map,
 mask and flow pair is its own blob and a sample decompresses exactly what it uses, each blob checked by
-its own CRC (a damaged blob is reported as e.g. "shard#17: depth[3]"). zstd inflates these fields 3-10x
-faster than zlib at a better ratio (one 392 x 518 DIS pseudo-flow pair: zlib-1 2.8 ms, zstd-3 0.9 ms,
-2.3x vs 2.5x smaller than raw; a float16 depth map 0.8 ms vs 0.25 ms, 6x vs 9x; lossless 16-bit PNG of
-the same depth: 2.3 ms; timings on one core of the 2-core development machine). Flow keeps version 1's
-quantization and W-delta: without the delta a pair compresses 1.3x instead of 2.5x; its running sum
-(`undelta_flow`) costs about 0.2 ms a pair. Depth stays float16 so both versions decode to the same values.
+its own CRC (a damaged blob is reported as e.g. "shard#17: depth[3]"); CRC-32C runs in hardware, 7x faster
+than zlib's CRC-32 (0.015 ms vs 0.1 ms for a 430 kB flow blob). The codec is chosen for reading
+speed, since every training sample inflates 8 or more flow pairs: on one 392 x 518 DIS pseudo-flow pair
+(one core of the 2-core development machine) Blosc2 LZ4HC-9 with byte shuffle inflates in 0.13 ms at
+1.9x smaller than raw, where version 2's W-delta + zstd-3 took 0.9 ms plus 0.5 ms for the running sum
+at 3.1x; a float16 depth map 0.1 ms vs 0.27 ms. Writing is slower (about 40 ms per flow pair), once per
+shard. Depth stays float16 so every version decodes to the same values.
 
-Version 1 (written until this layout) stays readable (flow3r_jax/data/records_v1.py): one msgpack body
-with each large field as one zlib-compressed byte-planed array. Both versions decode to the same values.
+Older versions stay readable and decode to the same values: version 2 (the same layout, blobs zstd
+level 3, flow_coords delta-coded along W in int16 wrap-around arithmetic, zlib CRC-32 checksums) and version 1
+(flow3r_jax/data/records_v1.py: one msgpack body with each large field as one zlib-compressed
+byte-planed array).
 
 Reading: `open_clip` checks the header, the index checksum, keys, shapes and the blob table and decodes
 the small fields; frames, depth, valid_mask and flow are then decoded only for the frames / pairs asked
 for, which is what the training samples use. `decode_clip` decodes everything into a `Clip` (tools,
 tests, shard checks). Version rule: any change to the layout or meaning of a field bumps RECORD_VERSION;
 `open_clip` raises `RecordError` for a version it does not know.
-Decoding needs only numpy, msgpack, zstandard and OpenCV (no TensorFlow), so Grain workers can run it.
+Decoding needs only numpy, msgpack, blosc2, google-crc32c, zstandard and OpenCV (no TensorFlow), so Grain workers can
+run it.
 """
 
 from __future__ import annotations
@@ -70,16 +75,17 @@ import struct
 import zlib
 from collections.abc import Sequence
 
+import blosc2
 import cv2
+import google_crc32c
 import msgpack
 import numpy as np
 import zstandard
 
-RECORD_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+RECORD_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FLOW_NDC_SCALE = 4096.0
 FLOW_NDC_LIMIT = 7.99
-ZSTD_LEVEL = 3
 _MAGIC = b"F3RC"
 _PREFIX = struct.Struct("<4sH")
 _HEADER = struct.Struct("<4sHII")
@@ -146,12 +152,12 @@ def _quantize_flow(flow_coords: np.ndarray) -> np.ndarray:
 
 
 def encode_clip(clip: Clip) -> bytes:
-    """Clip -> record bytes (version 2, layout in the module docstring). RecordError on an invalid clip."""
+    """Clip -> record bytes (version 3, layout in the module docstring). RecordError on an invalid clip."""
     _check_clip(clip, clip.source_id)
     if not np.all(np.isfinite(clip.flow_coords)) or np.abs(clip.flow_coords).max(initial=0.0) > FLOW_NDC_LIMIT:
         raise RecordError(f"{clip.source_id}: flow_coords must be finite with |x| <= {FLOW_NDC_LIMIT}")
-    delta = np.diff(_quantize_flow(clip.flow_coords), axis=2, prepend=np.int16(0))
-    fields = {"frames": [bytes(f) for f in clip.frames], "flow_coords": _compress_all(delta, "flow_coords"),
+    fields = {"frames": [bytes(f) for f in clip.frames],
+              "flow_coords": _compress_all(_quantize_flow(clip.flow_coords), "flow_coords"),
               "flow_mask": _compress_all(np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0), "flow_mask")}
     index = {"source_id": clip.source_id, "height": int(clip.height), "width": int(clip.width),
              "normal_ok": bool(clip.normal_ok), "timestamps": _pack_small(clip.timestamps, "<f8"),
@@ -165,12 +171,17 @@ def encode_clip(clip: Clip) -> bytes:
     for key, blobs in fields.items():
         table[key] = []
         for blob in blobs:
-            table[key].append([offset, len(blob), zlib.crc32(blob)])
+            table[key].append([offset, len(blob), crc32c(blob)])
             offset += len(blob)
     index["blobs"] = table
     packed_index = msgpack.packb(index, use_bin_type=True)
-    header = _HEADER.pack(_MAGIC, RECORD_VERSION, zlib.crc32(packed_index), len(packed_index))
+    header = _HEADER.pack(_MAGIC, RECORD_VERSION, crc32c(packed_index), len(packed_index))
     return b"".join([header, packed_index] + [blob for blobs in fields.values() for blob in blobs])
+
+
+def crc32c(data) -> int:
+    """CRC-32C (Castagnoli) of bytes or a memoryview, as an unsigned int (hardware-accelerated)."""
+    return google_crc32c.value(np.frombuffer(data, np.uint8))  # its C entry point takes numpy buffers
 
 
 def record_version(data: bytes, where: str = "") -> int:
@@ -269,7 +280,7 @@ def unpack_map(packed, keys, where: str, what: str) -> dict:
 
 
 def open_clip(data: bytes, where: str = "") -> ClipRecord:
-    """Record bytes (version 1 or 2) -> ClipRecord (large fields still compressed). `where` (e.g.
+    """Record bytes (any of READABLE_VERSIONS) -> ClipRecord (large fields still compressed). `where` (e.g.
     "train-00003-of-00008.array_record#17") names the record in every RecordError: unknown version, bad
     magic, truncation/corruption, missing keys, bad shapes; a damaged blob names its field and entry."""
     where = where or "<record>"
@@ -277,7 +288,7 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     if version == 1:
         from flow3r_jax.data.records_v1 import open_clip_v1  # only old shards need it
         return open_clip_v1(data, where)
-    if version != RECORD_VERSION:
+    if version not in READABLE_VERSIONS:
         raise RecordError(f"{where}: unsupported record version {version}; this reader handles versions "
                           f"{list(READABLE_VERSIONS)} (rebuild the shards with this code)")
     if len(data) < _HEADER.size:
@@ -285,7 +296,8 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     _, _, crc, index_size = _HEADER.unpack_from(data)
     view = memoryview(data)
     packed_index = view[_HEADER.size:_HEADER.size + index_size]
-    if len(packed_index) != index_size or zlib.crc32(packed_index) != crc:
+    checksum = crc32c if version == 3 else zlib.crc32
+    if len(packed_index) != index_size or checksum(packed_index) != crc:
         raise RecordError(f"{where}: index checksum mismatch (record truncated or corrupted)")
     index = unpack_map(packed_index, _INDEX_KEYS, where, "record index")
     table = index["blobs"]
@@ -299,8 +311,8 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     height, width = index["height"], index["width"]
     blob_area = view[_HEADER.size + index_size:]
     blob_keys = ("frames",) + _PAIR_BLOBS + (_FRAME_BLOBS[1:] if labeled else ())
-    blobs = {k: _Blobs(k, table[k], blob_area, where) for k in blob_keys}
-    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width)) for k in blob_keys[1:]}
+    blobs = {k: _Blobs(k, table[k], blob_area, where, checksum) for k in blob_keys}
+    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width), version) for k in blob_keys[1:]}
     record = ClipRecord(where=where, version=version, source_id=index["source_id"], frames=blobs["frames"],
                         height=height, width=width, normal_ok=bool(index["normal_ok"]), fields=fields, **small)
     shapes = {k: np.shape(v) for k, v in small.items() if v is not None}
@@ -328,22 +340,27 @@ def decode_frames(clip: Clip | ClipRecord, indices) -> np.ndarray:
     """Decode frames `indices` of `clip` -> (n, H, W, 3) uint8 RGB. RecordError names the clip/frame."""
     out = np.empty((len(indices), clip.height, clip.width, 3), np.uint8)
     for slot, index in enumerate(indices):
-        if not 0 <= index < clip.num_frames:
-            raise RecordError(f"{clip.source_id}: frame index {index} out of range [0, {clip.num_frames})")
-        rgb = cv2.imdecode(np.frombuffer(clip.frames[index], np.uint8), cv2.IMREAD_COLOR_RGB)
-        if rgb is None or rgb.shape != (clip.height, clip.width, 3):
-            got = None if rgb is None else rgb.shape
-            raise RecordError(f"{clip.source_id}: frame {index} does not decode to "
-                              f"({clip.height}, {clip.width}, 3) (got {got})")
-        out[slot] = rgb
+        out[slot] = decode_frame(clip, index)
     return out
 
 
+def decode_frame(clip: Clip | ClipRecord, index: int) -> np.ndarray:
+    """Decode frame `index` of `clip` -> (H, W, 3) uint8 RGB. RecordError names the clip/frame."""
+    if not 0 <= index < clip.num_frames:
+        raise RecordError(f"{clip.source_id}: frame index {index} out of range [0, {clip.num_frames})")
+    rgb = cv2.imdecode(np.frombuffer(clip.frames[index], np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None or rgb.shape != (clip.height, clip.width, 3):
+        got = None if rgb is None else rgb.shape
+        raise RecordError(f"{clip.source_id}: frame {index} does not decode to "
+                          f"({clip.height}, {clip.width}, 3) (got {got})")
+    return rgb
+
+
 def _compress_all(array: np.ndarray, key: str) -> list[bytes]:
-    """(n, ...) array -> n zstd blobs of its entries in the stored dtype of field `key`."""
+    """(n, ...) array -> n Blosc2 chunks of its entries in the stored dtype of field `key`."""
     stored = np.ascontiguousarray(np.asarray(array).astype(_BLOB_ENTRIES[key][0]))
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    return [compressor.compress(entry.tobytes()) for entry in stored]
+    return [blosc2.compress2(entry, codec=blosc2.Codec.LZ4HC, clevel=9, filters=[blosc2.Filter.SHUFFLE],
+                             filters_meta=[0], typesize=stored.dtype.itemsize, nthreads=1) for entry in stored]
 
 
 def _entry_layout(key: str, height: int, width: int) -> tuple[np.dtype, tuple[int, ...]]:
@@ -352,10 +369,10 @@ def _entry_layout(key: str, height: int, width: int) -> tuple[np.dtype, tuple[in
 
 
 class _Blobs(Sequence):
-    """The blobs of one field: `blobs[i]` is a memoryview of blob i after its CRC is checked."""
+    """The blobs of one field: `blobs[i]` is a memoryview of blob i after its CRC (`checksum`) is checked."""
 
-    def __init__(self, key: str, table, area: memoryview, where: str):
-        self.key, self.where = key, where
+    def __init__(self, key: str, table, area: memoryview, where: str, checksum):
+        self.key, self.where, self._checksum = key, where, checksum
         try:
             self._table = [(int(o), int(n), int(c)) for o, n, c in table]
         except (TypeError, ValueError) as err:
@@ -372,37 +389,59 @@ class _Blobs(Sequence):
     def __getitem__(self, i: int) -> memoryview:
         offset, size, crc = self._table[i]
         blob = self._area[offset:offset + size]
-        if zlib.crc32(blob) != crc:
+        if self._checksum(blob) != crc:
             raise RecordError(f"{self.where}: {self.key}[{i}]: checksum mismatch (blob corrupted)")
         return blob
 
 
 class _BlobField(FieldReader):
-    """A version 2 field: one zstd blob per entry (flow_coords delta-coded along W)."""
+    """A field of a version 2 or 3 record: one compressed blob per entry (Blosc2 in version 3; zstd in
+    version 2, with flow_coords delta-coded along W)."""
 
-    def __init__(self, blobs: _Blobs, dtype: np.dtype, entry_shape: tuple[int, ...]):
+    def __init__(self, blobs: _Blobs, dtype: np.dtype, entry_shape: tuple[int, ...], version: int):
         self._blobs, self._dtype, self.entry_shape = blobs, dtype, entry_shape
+        self._inflate = _inflate_blosc2 if version == 3 else _inflate_zstd
+        self._delta_coded = version == 2 and blobs.key == "flow_coords"
 
     def entries(self, indices: np.ndarray) -> np.ndarray:
         out = np.empty((len(indices),) + self.entry_shape, self._dtype.newbyteorder("="))
-        size = out[0].nbytes if len(indices) else 0
         for slot, i in enumerate(indices):
-            blob = self._blobs[i]
             try:
-                raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
-            except zstandard.ZstdError as err:
-                raise RecordError(f"{self._blobs.where}: {self._blobs.key}[{i}] cannot be decompressed: "
-                                  f"{err}") from err
-            if len(raw) != size:
-                raise RecordError(f"{self._blobs.where}: {self._blobs.key}[{i}] inflates to {len(raw)} bytes, "
-                                  f"expected {size}")
-            out[slot] = np.frombuffer(raw, self._dtype).reshape(self.entry_shape)
-        return undelta_flow(out) if self._blobs.key == "flow_coords" else out
+                self._inflate(self._blobs[i], out[slot])
+            except ValueError as err:
+                raise RecordError(f"{self._blobs.where}: {self._blobs.key}[{i}] {err}") from err
+        return undelta_flow(out) if self._delta_coded else out
+
+
+def _inflate_blosc2(blob: memoryview, out: np.ndarray) -> None:
+    """Decompress one Blosc2 chunk into the contiguous array `out`; ValueError if it cannot be
+    decompressed or does not inflate to out.nbytes."""
+    try:
+        size = blosc2.get_cbuffer_sizes(blob)[0]
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"cannot be decompressed: {err}") from err
+    if size != out.nbytes:
+        raise ValueError(f"inflates to {size} bytes, expected {out.nbytes}")
+    try:
+        blosc2.decompress2(blob, dst=out, nthreads=1)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"cannot be decompressed: {err}") from err
+
+
+def _inflate_zstd(blob: memoryview, out: np.ndarray) -> None:
+    """Decompress one zstd frame (version 2) into `out`; ValueError as `_inflate_blosc2`."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=out.nbytes)
+    except zstandard.ZstdError as err:
+        raise ValueError(f"cannot be decompressed: {err}") from err
+    if len(raw) != out.nbytes:
+        raise ValueError(f"inflates to {len(raw)} bytes, expected {out.nbytes}")
+    out[...] = np.frombuffer(raw, out.dtype).reshape(out.shape)
 
 
 def undelta_flow(deltas: np.ndarray) -> np.ndarray:
-    """(n, H, W, 2) int16 flow deltas along W -> their running sums along W in int16 wrap-around
-    arithmetic. Each (x, y) pair is summed as the two 32-bit lanes of one uint64 (no carry between them
+    """(n, H, W, 2) int16 flow deltas along W (version 2) -> their running sums along W in int16
+    wrap-around arithmetic. Each (x, y) pair is summed as the two 32-bit lanes of one uint64 (no carry between them
     for W < 65537), which numpy accumulates about 5x faster than int16 pairs."""
     count, height, width, _ = deltas.shape
     lanes = deltas.view(np.uint16).astype(np.uint32).view(np.uint64).reshape(count, height, width)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow3r_jax.data.records import ClipRecord, RecordError, decode_frames
+from flow3r_jax.data.records import ClipRecord, RecordError, decode_frame
 from flow3r_jax.data.sampling import FrameSelection
 from flow3r_jax.data.transforms import ColorJitter, CropResize, color_transform, flow_maps, pixel_to_world
-from flow3r_jax.data.wire import WIRE_KEYS
+from flow3r_jax.data.wire import empty_wire_batch
 
 # The sample contract: key -> (shape in terms of N frames, S pairs, H, W; dtype).
 SAMPLE_CONTRACT = {
@@ -43,34 +43,40 @@ SAMPLE_CONTRACT = {
 
 
 def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, jitter: ColorJitter | None,
-                 labeled: bool, where: str) -> dict[str, np.ndarray]:
+                 labeled: bool, where: str, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Decode, crop/resize and nearest-sample the selected frames, labels and flow pairs of `clip` into
     a wire sample (flow3r_jax/data/wire.py WIRE_CONTRACT); only the selected frames and flow pairs of the
     record are decompressed. `jitter` becomes the sample's colour transform (identity when None).
+    `out`: the wire sample's arrays to write every key of (e.g. one slot of a batch), else new arrays.
 
     `labeled` says whether the clip's source provides 3D labels; a labeled source whose record has none
     raises RecordError. The record's intrinsics and poses are checked to be finite (RecordError naming
     `where`); stored depth that is not finite is invalid, as in the batch contract.
     """
     frames = selection.frames
-    source_hw = (clip.height, clip.width)
+    if out is None:
+        shape = (len(frames), len(selection.pair_rows), crop.out_height, crop.out_width)
+        out = {key: array[0, ...] for key, array in empty_wire_batch(1, *shape).items()}
     try:
-        images = crop.resize_images(decode_frames(clip, frames))
+        images = crop.resize_images([decode_frame(clip, t) for t in frames], out=out["images"])
     except RecordError as err:
         raise RecordError(f"{where}: {err}") from err
     if labeled and not clip.is_labeled:
         raise RecordError(f"{where}: the source is declared labeled but the record has no 3D labels")
     rows, cols = crop.nearest_source_index()
-    sample = {"images": images, "color_transform": color_transform(images, jitter),
-              "source_rows": rows.astype(np.int32), "source_cols": cols.astype(np.int32)}
-    sample.update(_labels(clip, frames, crop, where) if labeled else _no_labels(len(frames), source_hw, crop))
-    sample["normal_ok"] = np.asarray(labeled and clip.normal_ok)
-    sample["pair_indices"] = selection.pair_indices.astype(np.int32)
-    sample.update(_flow(clip, selection.pair_rows, crop))
-    return {key: sample[key] for key in WIRE_KEYS}
+    small = {"color_transform": color_transform(images, jitter), "source_rows": rows, "source_cols": cols,
+             "normal_ok": labeled and clip.normal_ok, "pair_indices": selection.pair_indices}
+    small.update(_labels(clip, frames, crop, where, out) if labeled else
+                 _no_labels(len(frames), (clip.height, clip.width), crop, out))
+    small.update(_flow(clip, selection.pair_rows, crop, out))
+    for key, value in small.items():
+        out[key][...] = value
+    return out
 
 
-def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize, where: str) -> dict[str, np.ndarray]:
+def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize, where: str,
+            out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Samples depth and validity into `out`; returns the per-frame label arrays."""
     for key in ("intrinsics", "camera_poses"):
         if not np.all(np.isfinite(getattr(clip, key)[frames])):
             raise RecordError(f"{where}: non-finite values in the record's {key}")
@@ -82,35 +88,37 @@ def _labels(clip: ClipRecord, frames: np.ndarray, crop: CropResize, where: str) 
         raise RecordError(f"{where}: the record's intrinsics are not invertible") from err
     if not np.all(np.isfinite(ray_map)):
         raise RecordError(f"{where}: non-finite rays from the record's intrinsics and camera_poses")
-    return {"depth": crop.sample_nearest(clip.decode_depth_float16(frames)),
-            "valid_mask": crop.sample_nearest(clip.decode_valid_mask(frames)),
-            "pixel_to_world": ray_map, "camera_poses": poses.astype(np.float32),
-            "intrinsics": crop.transform_intrinsics(intrinsics), "is_labeled": np.asarray(True)}
+    crop.sample_nearest(clip.decode_depth_float16(frames), out=out["depth"])
+    crop.sample_nearest(clip.decode_valid_mask(frames), out=out["valid_mask"])
+    return {"pixel_to_world": ray_map, "camera_poses": poses, "intrinsics": crop.transform_intrinsics(intrinsics),
+            "is_labeled": True}
 
 
-def _no_labels(num_frames: int, source_hw: tuple[int, int], crop: CropResize) -> dict[str, np.ndarray]:
-    height, width = crop.out_height, crop.out_width
+def _no_labels(num_frames: int, source_hw: tuple[int, int], crop: CropResize,
+               out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Zero depth and validity in `out`; returns the nominal per-frame label arrays."""
+    out["depth"][...] = 0
+    out["valid_mask"][...] = False
     focal = float(max(source_hw))
     nominal = np.array([[focal, 0.0, (source_hw[1] - 1) / 2.0], [0.0, focal, (source_hw[0] - 1) / 2.0],
                         [0.0, 0.0, 1.0]])
     identity = np.broadcast_to(np.eye(4), (num_frames, 4, 4))
-    return {"depth": np.zeros((num_frames, height, width), np.float16),
-            "valid_mask": np.zeros((num_frames, height, width), bool),
-            "pixel_to_world": pixel_to_world(np.broadcast_to(nominal, (num_frames, 3, 3)), identity),
-            "camera_poses": identity.astype(np.float32),
-            "intrinsics": np.broadcast_to(crop.transform_intrinsics(nominal), (num_frames, 3, 3)).copy(),
-            "is_labeled": np.asarray(False)}
+    return {"pixel_to_world": pixel_to_world(np.broadcast_to(nominal, (num_frames, 3, 3)), identity),
+            "camera_poses": identity, "intrinsics": crop.transform_intrinsics(nominal), "is_labeled": False}
 
 
-def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize) -> dict[str, np.ndarray]:
+def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize,
+          out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Samples the stored pairs' flow into `out` (padding pairs, which come last, get zeros); returns
+    the per-pair and per-sample flow arrays."""
     stored = pair_rows >= 0
-    coords, masks = (crop.sample_nearest(a) for a in clip.decode_flow_quantized(pair_rows[stored]))
-    if not stored.all():
-        height, width = crop.out_height, crop.out_width
-        all_coords = np.zeros((len(pair_rows), height, width, 2), np.int16)
-        all_masks = np.zeros((len(pair_rows), height, width), np.uint8)
-        all_coords[stored], all_masks[stored] = coords, masks
-        coords, masks = all_coords, all_masks
+    count = int(stored.sum())
+    if not stored[:count].all():
+        raise ValueError(f"padding pairs must come after the stored pairs, got pair rows {pair_rows.tolist()}")
+    coords, masks = clip.decode_flow_quantized(pair_rows[:count])
+    crop.sample_nearest(coords, out=out["flow_quantized"][:count])
+    crop.sample_nearest(masks, out=out["flow_mask"][:count])
+    out["flow_quantized"][count:] = 0
+    out["flow_mask"][count:] = 0
     to_ndc, bounds = flow_maps((clip.height, clip.width), crop)
-    return {"flow_quantized": coords, "flow_mask": masks, "pair_stored": stored, "flow_to_ndc": to_ndc,
-            "flow_bounds": bounds}
+    return {"pair_stored": stored, "flow_to_ndc": to_ndc, "flow_bounds": bounds}

@@ -23,8 +23,8 @@ SAMPLE_STREAM = 2
 
 @dataclasses.dataclass(frozen=True)
 class FrameSelection:
-    """frames (N,) clip frame indices, sorted; pair_rows (S,) rows of the clip's flow pairs or -1 for
-    padding; pair_indices (S, 2) int32 (i, j) into the N selected frames ((0, 0) for padding)."""
+    """frames (N,) clip frame indices, sorted; pair_rows (S,) rows of the clip's flow pairs, then -1 for
+    padding (padding comes last); pair_indices (S, 2) int32 (i, j) into the N selected frames ((0, 0) for padding)."""
 
     frames: np.ndarray
     pair_rows: np.ndarray

@@ -32,7 +32,7 @@ from flow3r_jax.data.records import RECORD_VERSION, RecordError, record_version
 from flow3r_jax.files import atomic_path, atomic_write
 
 MANIFEST_NAME = "manifest.json"
-WRITER_OPTIONS = "group_size:1"
+WRITER_OPTIONS = "group_size:1,uncompressed"
 
 
 def shard_filename(prefix: str, index: int, num_shards: int) -> str:

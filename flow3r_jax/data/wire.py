@@ -70,7 +70,6 @@ WIRE_CONTRACT = {
     "flow_to_ndc": ((2, 2), np.float32),
     "flow_bounds": ((2, 2), np.int32),
 }
-WIRE_KEYS = tuple(WIRE_CONTRACT)
 
 
 def wire_batch_shapes(batch_size: int, num_frames: int, num_pairs: int, height: int,
@@ -79,6 +78,13 @@ def wire_batch_shapes(batch_size: int, num_frames: int, num_pairs: int, height: 
     sizes = {"N": num_frames, "S": num_pairs, "H": height, "W": width}
     return {key: ((batch_size,) + tuple(sizes.get(d, d) for d in shape), np.dtype(dtype))
             for key, (shape, dtype) in WIRE_CONTRACT.items()}
+
+
+def empty_wire_batch(batch_size: int, num_frames: int, num_pairs: int, height: int,
+                     width: int) -> dict[str, np.ndarray]:
+    """Uninitialised arrays of a wire batch (`wire_batch_shapes`), for the pipeline to fill in place."""
+    shapes = wire_batch_shapes(batch_size, num_frames, num_pairs, height, width)
+    return {key: np.empty(shape, dtype) for key, (shape, dtype) in shapes.items()}
 
 
 def expand_batch(wire: dict, xp) -> dict:
