@@ -19,6 +19,7 @@ from flow3r_jax.data.buckets import train_buckets
 from flow3r_jax.data.records import RecordError, decode_clip, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.samples import SAMPLE_CONTRACT, build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
+from flow3r_jax.data.shard_writer import WRITER_OPTIONS
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
 from flow3r_jax.data.transforms import AREA_MIN_SHRINK, ColorJitter, center_crop, random_crop
@@ -235,7 +236,7 @@ def test_hosts_cover_every_record_exactly_once(data_cfg):
 
 
 def _write_shard(path, records):
-    writer = ArrayRecordWriter(str(path), "group_size:1")
+    writer = ArrayRecordWriter(str(path), WRITER_OPTIONS)
     for record in records:
         writer.write(record)
     writer.close()

@@ -25,7 +25,7 @@ Index fields:
 =================  =====================================================================================
 
 Small arrays are maps ``{"dtype", "shape", "data"}`` of little-endian bytes. Blobs, one per frame or pair;
-every array blob is one Blosc2 chunk (LZ4HC level 9, byte shuffle over the element size):
+every array blob is one Blosc2 chunk (LZ4HC level 3, byte shuffle over the element size):
 
 =================  =====================================================================================
 ``frames[t]``      JPEG or PNG image, H x W, RGB (decoded by `decode_frames`)
@@ -45,13 +45,16 @@ clip) or all absent (unlabeled clip). P may be 0.
 
 Why this layout: a training sample uses a few frames and pairs of a clip, so every frame, depth map,
 mask and flow pair is its own blob and a sample decompresses exactly what it uses, each blob checked by
-its own CRC (a damaged blob is reported as e.g. "shard#17: depth[3]"); CRC-32C runs in hardware, 7x faster
-than zlib's CRC-32 (0.015 ms vs 0.1 ms for a 430 kB flow blob). The codec is chosen for reading
-speed, since every training sample inflates 8 or more flow pairs: on one 392 x 518 DIS pseudo-flow pair
-(one core of the 2-core development machine) Blosc2 LZ4HC-9 with byte shuffle inflates in 0.13 ms at
-1.9x smaller than raw, where version 2's W-delta + zstd-3 took 0.9 ms plus 0.5 ms for the running sum
-at 3.1x; a float16 depth map 0.1 ms vs 0.27 ms. Writing is slower (about 40 ms per flow pair), once per
-shard. Depth stays float16 so every version decodes to the same values.
+its own CRC (a damaged blob is reported as e.g. "shard#17: depth[3]"); CRC-32C runs in hardware, 7x
+faster than zlib's CRC-32 (0.015 ms vs 0.1 ms for a 430 kB flow blob). The codec is chosen for reading
+speed, since every training sample inflates 8 or more flow pairs and reads the whole record (about
+1 ms per MB through ArrayRecord): on one 392 x 518 DIS pseudo-flow pair (one core of the 2-core
+development machine) Blosc2 LZ4HC-3 with byte shuffle inflates in 0.13-0.15 ms at 1.86x smaller than
+raw, where version 2's W-delta + zstd-3 took 0.9 ms plus 0.5 ms for the running sum at 3.1x (zstd or a
+byte-delta filter inside Blosc2 reach 2.2-2.6x but inflate 2-4x slower, which costs more than the
+smaller read saves); a float16 depth map 0.1 ms vs 0.27 ms. Writing takes about 8 ms per flow pair
+(LZ4HC-9: 16 ms for 1.88x), against about 120 ms to estimate a DIS pair. Depth stays float16 so every
+version decodes to the same values.
 
 Older versions stay readable and decode to the same values: version 2 (the same layout, blobs zstd
 level 3, flow_coords delta-coded along W in int16 wrap-around arithmetic, zlib CRC-32 checksums) and version 1
@@ -359,7 +362,7 @@ def decode_frame(clip: Clip | ClipRecord, index: int) -> np.ndarray:
 def _compress_all(array: np.ndarray, key: str) -> list[bytes]:
     """(n, ...) array -> n Blosc2 chunks of its entries in the stored dtype of field `key`."""
     stored = np.ascontiguousarray(np.asarray(array).astype(_BLOB_ENTRIES[key][0]))
-    return [blosc2.compress2(entry, codec=blosc2.Codec.LZ4HC, clevel=9, filters=[blosc2.Filter.SHUFFLE],
+    return [blosc2.compress2(entry, codec=blosc2.Codec.LZ4HC, clevel=3, filters=[blosc2.Filter.SHUFFLE],
                              filters_meta=[0], typesize=stored.dtype.itemsize, nthreads=1) for entry in stored]
 
 

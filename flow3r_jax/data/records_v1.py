@@ -1,5 +1,5 @@
-"""Reader of version 1 clip records (written before version 2; flow3r_jax/data/records.py has the current
-layout). Shards of version 1 stay readable and decode to the same values as version 2.
+"""Reader of version 1 clip records (the first layout; flow3r_jax/data/records.py has the current one).
+Shards of version 1 stay readable and decode to the same values as later versions.
 
 Byte layout of a version 1 record::
 
@@ -8,7 +8,7 @@ Byte layout of a version 1 record::
     crc32    uint32 little-endian   (zlib.crc32 of the body)
     body     msgpack map
 
-The body holds the fields of version 2 (same names, dtypes and quantization) with ``frames`` a list of
+The body holds the fields of later versions (same names, dtypes and quantization) with ``frames`` a list of
 T images and every array a map ``{"dtype", "shape", "zlib", "data"}`` of little-endian bytes. When
 ``zlib`` is true (depth, valid_mask, flow_coords, flow_mask) the bytes of the whole (T, ...) or (P, ...)
 array are split into byte planes (all first bytes of every element, then all second bytes, ...) and
@@ -65,7 +65,7 @@ def open_clip_v1(data: bytes, where: str) -> ClipRecord:
 
 
 class _PackedField(FieldReader):
-    """A version 1 field; flow_coords comes back summed along W (quantized NDC, like version 2)."""
+    """A version 1 field; flow_coords comes back summed along W (quantized NDC, like later versions)."""
 
     def __init__(self, packed: PackedArray, where: str):
         self._packed, self._where = packed, where

@@ -4,7 +4,11 @@ Layout of a dataset directory::
 
     <prefix>-NNNNN-of-MMMMM.array_record        one clip record per entry (flow3r_jax.data.records, version
                                                RECORD_VERSION; other versions are refused),
-                                               written with options "group_size:1" (random access)
+                                               written with options WRITER_OPTIONS: one record
+                                               per chunk (random access), no chunk compression
+                                               (the blobs are compressed already; ArrayRecord's
+                                               default chunk compression saved 2.5% of a 7 MB
+                                               record and cost 1 ms more per read)
     <prefix>-NNNNN-of-MMMMM.array_record.json   shard entry: file, num_records, sha256, sources,
                                                failures (inputs that produced nothing, and why), build,
                                                record_version (shards of another version are rebuilt)
