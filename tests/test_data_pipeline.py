@@ -167,6 +167,28 @@ def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(d
     assert padded > 0
 
 
+def test_samples_built_in_place_overwrite_every_byte(data_cfg):
+    """Building into arrays full of garbage (one slot of a batch, as the pipeline does) gives exactly the
+    sample built into new arrays, for labeled and unlabeled sources and with padding pairs."""
+    records = _train_records(data_cfg)
+    for index, labeled in ((0, True), (1, False)):
+        clip = open_clip(records[index], f"train#{index}")
+        rng = sample_rng(5, index)
+        selection = select_frames_and_pairs(clip.num_frames, clip.flow_pairs, N, 8, rng)
+        assert np.any(selection.pair_rows < 0) and np.any(selection.pair_rows >= 0)  # N frames have < 8 pairs
+        crop = random_crop((clip.height, clip.width), (H, W), (0.6, 1.0), rng)
+        fresh = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where)
+        shapes = wire_batch_shapes(1, N, 8, H, W)
+        batch = {key: np.empty((2,) + shape[1:], dtype) for key, (shape, dtype) in shapes.items()}
+        for array in batch.values():
+            array.reshape(-1).view(np.uint8)[:] = 0xA5
+        slot = {key: array[1, ...] for key, array in batch.items()}
+        built = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where, slot)
+        for key, array in fresh.items():
+            np.testing.assert_array_equal(batch[key][1], array, err_msg=key)
+            assert built[key].base is not None and np.shares_memory(built[key], batch[key]), key
+
+
 def test_singular_intrinsics_raise_naming_the_record(data_cfg):
     clip = decode_clip(_train_records(data_cfg)[0])
     clip.intrinsics[1] = 0.0
