@@ -57,8 +57,8 @@ smaller read saves); a float16 depth map 0.1 ms vs 0.27 ms. Writing takes about 
 version decodes to the same values.
 
 Older versions stay readable and decode to the same values: version 2 (the same layout, blobs zstd
-level 3, flow_coords delta-coded along W in int16 wrap-around arithmetic, zlib CRC-32 checksums) and version 1
-(flow3r_jax/data/records_v1.py: one msgpack body with each large field as one zlib-compressed
+level 3, flow_coords delta-coded along W in int16 wrap-around arithmetic, zlib CRC-32 checksums) and
+version 1 (flow3r_jax/data/records_v1.py: one msgpack body with each large field as one zlib-compressed
 byte-planed array).
 
 Reading: `open_clip` checks the header, the index checksum, keys, shapes and the blob table and decodes
@@ -66,8 +66,8 @@ the small fields; frames, depth, valid_mask and flow are then decoded only for t
 for, which is what the training samples use. `decode_clip` decodes everything into a `Clip` (tools,
 tests, shard checks). Version rule: any change to the layout or meaning of a field bumps RECORD_VERSION;
 `open_clip` raises `RecordError` for a version it does not know.
-Decoding needs only numpy, msgpack, blosc2, google-crc32c, zstandard and OpenCV (no TensorFlow), so Grain workers can
-run it.
+Decoding needs only numpy, msgpack, blosc2, google-crc32c, zstandard and OpenCV (no TensorFlow), so Grain
+workers can run it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ import abc
 import dataclasses
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import blosc2
 import cv2
@@ -299,8 +299,8 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     _, _, crc, index_size = _HEADER.unpack_from(data)
     view = memoryview(data)
     packed_index = view[_HEADER.size:_HEADER.size + index_size]
-    checksum = crc32c if version == 3 else zlib.crc32
-    if len(packed_index) != index_size or checksum(packed_index) != crc:
+    codec = _CODECS[version]
+    if len(packed_index) != index_size or codec.checksum(packed_index) != crc:
         raise RecordError(f"{where}: index checksum mismatch (record truncated or corrupted)")
     index = unpack_map(packed_index, _INDEX_KEYS, where, "record index")
     table = index["blobs"]
@@ -314,8 +314,8 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     height, width = index["height"], index["width"]
     blob_area = view[_HEADER.size + index_size:]
     blob_keys = ("frames",) + _PAIR_BLOBS + (_FRAME_BLOBS[1:] if labeled else ())
-    blobs = {k: _Blobs(k, table[k], blob_area, where, checksum) for k in blob_keys}
-    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width), version) for k in blob_keys[1:]}
+    blobs = {k: _Blobs(k, table[k], blob_area, where, codec.checksum) for k in blob_keys}
+    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width), codec) for k in blob_keys[1:]}
     record = ClipRecord(where=where, version=version, source_id=index["source_id"], frames=blobs["frames"],
                         height=height, width=width, normal_ok=bool(index["normal_ok"]), fields=fields, **small)
     shapes = {k: np.shape(v) for k, v in small.items() if v is not None}
@@ -398,13 +398,12 @@ class _Blobs(Sequence):
 
 
 class _BlobField(FieldReader):
-    """A field of a version 2 or 3 record: one compressed blob per entry (Blosc2 in version 3; zstd in
-    version 2, with flow_coords delta-coded along W)."""
+    """A field of a version 2 or 3 record: one blob per entry, inflated by the version's `_BlobCodec`."""
 
-    def __init__(self, blobs: _Blobs, dtype: np.dtype, entry_shape: tuple[int, ...], version: int):
+    def __init__(self, blobs: _Blobs, dtype: np.dtype, entry_shape: tuple[int, ...], codec: _BlobCodec):
         self._blobs, self._dtype, self.entry_shape = blobs, dtype, entry_shape
-        self._inflate = _inflate_blosc2 if version == 3 else _inflate_zstd
-        self._delta_coded = version == 2 and blobs.key == "flow_coords"
+        self._inflate = codec.inflate
+        self._delta_coded = codec.flow_delta_coded and blobs.key == "flow_coords"
 
     def entries(self, indices: np.ndarray) -> np.ndarray:
         out = np.empty((len(indices),) + self.entry_shape, self._dtype.newbyteorder("="))
@@ -442,10 +441,24 @@ def _inflate_zstd(blob: memoryview, out: np.ndarray) -> None:
     out[...] = np.frombuffer(raw, out.dtype).reshape(out.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BlobCodec:
+    """What the blob versions differ in: the checksum of index and blobs (bytes -> unsigned int), how one
+    blob inflates into its entry (`_inflate_*`), and whether flow_coords is delta-coded along W."""
+
+    checksum: Callable
+    inflate: Callable
+    flow_delta_coded: bool
+
+
+_CODECS = {2: _BlobCodec(zlib.crc32, _inflate_zstd, flow_delta_coded=True),
+           3: _BlobCodec(crc32c, _inflate_blosc2, flow_delta_coded=False)}
+
+
 def undelta_flow(deltas: np.ndarray) -> np.ndarray:
     """(n, H, W, 2) int16 flow deltas along W (version 2) -> their running sums along W in int16
-    wrap-around arithmetic. Each (x, y) pair is summed as the two 32-bit lanes of one uint64 (no carry between them
-    for W < 65537), which numpy accumulates about 5x faster than int16 pairs."""
+    wrap-around arithmetic. Each (x, y) pair is summed as the two 32-bit lanes of one uint64 (no carry
+    between them for W < 65537), which numpy accumulates about 5x faster than int16 pairs."""
     count, height, width, _ = deltas.shape
     lanes = deltas.view(np.uint16).astype(np.uint32).view(np.uint64).reshape(count, height, width)
     np.cumsum(lanes, axis=2, out=lanes)

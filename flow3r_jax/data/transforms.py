@@ -7,9 +7,9 @@ Pixel convention: (0, 0) is the centre of the top-left pixel, so pixel (x, y) co
     x_out = (x_src + 0.5 - x0) * out_width / crop_width - 0.5      (same for y)
 
 which is exactly the mapping OpenCV's `resize` uses. Images are resampled bilinearly, or with area
-averaging when shrinking by more than AREA_MIN_SHRINK; labels (depth, validity, world points, flow targets, flow masks)
-take the value of the nearest source pixel, so no label is ever blended across a depth edge. Intrinsics
-and flow target coordinates go through the same affine map.
+averaging when shrinking by more than AREA_MIN_SHRINK; labels (depth, validity, world points, flow
+targets, flow masks) take the value of the nearest source pixel, so no label is ever blended across a
+depth edge. Intrinsics and flow target coordinates go through the same affine map.
 
 Host half (numpy + OpenCV, whole clips, one pass per step): crops, uint8 resize, nearest-pixel sampling of
 the stored labels, and the few per-sample numbers of the other steps (`color_transform`,
