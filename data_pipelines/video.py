@@ -82,13 +82,20 @@ def video_clips(path, config: VideoClipConfig) -> Iterator[tuple[np.ndarray, np.
 def video_records(path, config: VideoClipConfig, estimator: FlowEstimator, seed: int) -> Iterator[Clip]:
     """Unlabeled record Clips of one video with pseudo-flow targets; clip k draws pairs from (seed, k)."""
     for index, (frames, timestamps) in enumerate(video_clips(path, config)):
-        pairs = sample_pairs(len(frames), config.pairs_per_clip, seed=(seed, index), max_gap=config.max_gap)
-        coords, masks = pseudo_flow_targets(frames, pairs, estimator, config.flow_mode)
-        yield Clip(source_id=f"{path}#{index}", timestamps=timestamps,
-                   frames=[encode_frame(f, config.image_format, config.jpeg_quality) for f in frames],
-                   height=frames.shape[1], width=frames.shape[2], depth=None, intrinsics=None,
-                   camera_poses=None, valid_mask=None, normal_ok=False, flow_pairs=pairs,
-                   flow_coords=coords, flow_mask=masks)
+        yield unlabeled_clip(frames, timestamps, f"{path}#{index}", config, estimator, seed=(seed, index))
+
+
+def unlabeled_clip(frames: np.ndarray, timestamps: np.ndarray, source_id: str, config: VideoClipConfig,
+                   estimator: FlowEstimator, seed) -> Clip:
+    """One clip of frames (T, H, W, 3) uint8 RGB with timestamps (T,) -> unlabeled record Clip: pairs drawn
+    from `seed` (flow3r_jax/data/pairs.py, up to config.pairs_per_clip with gaps up to config.max_gap),
+    pseudo-flow targets in config.flow_mode, frames encoded as config.image_format."""
+    pairs = sample_pairs(len(frames), config.pairs_per_clip, seed=seed, max_gap=config.max_gap)
+    coords, masks = pseudo_flow_targets(frames, pairs, estimator, config.flow_mode)
+    return Clip(source_id=source_id, timestamps=timestamps,
+                frames=[encode_frame(f, config.image_format, config.jpeg_quality) for f in frames],
+                height=frames.shape[1], width=frames.shape[2], depth=None, intrinsics=None, camera_poses=None,
+                valid_mask=None, normal_ok=False, flow_pairs=pairs, flow_coords=coords, flow_mask=masks)
 
 
 def _resampled_frames(path, config: VideoClipConfig) -> Iterator[tuple[np.ndarray, float]]:

@@ -1,18 +1,22 @@
 """Input pipeline throughput against the JPEG decode bound.
 
 Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py: wire batches, which the
-train step expands on the device) per worker count, for labeled samples and for flow-only samples (the
-same shards declared unlabeled, as the paper's unlabeled videos are), the MB per sample of its batches
-and of the batch contract they expand to, the pure
-JPEG decode rate of the same frames in one process (the bound of one process: a sample cannot be built
-faster than its frames decode), and their ratio, overall and per process (workers, or 1 without). On a
-shared machine wall-clock rates move with the load; the CPU column compares frames per CPU second of
-this process instead (pipeline without workers against decode), which the load barely changes.
+train step expands on the device) per worker count, for labeled samples and for flow-only samples, the
+MB per sample of its batches and of the batch contract they expand to, the pure JPEG decode rate of the
+same frames in one process (the bound of one process: a sample cannot be built faster than its frames
+decode), and their ratio, overall and per process (workers, or 1 without). On a shared machine
+wall-clock rates move with the load; the CPU column compares frames per CPU second of this process
+instead (pipeline without workers against decode), which the load barely changes.
+
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
-with 8 flow pairs, batch 2). The clips are synthetic (flow3r_jax/data/synthetic.py): `--distinct_clips`
-are rendered once and repeated into `--clips` records in `--cache_dir`, reused by later runs (Grain's
-index shuffle costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to
-every sample that a dataset of realistic size does not pay).
+with 8 flow pairs, batch 2), and clips storing as many pairs as the ingestion writes by default
+(`pairs_per_clip` of data_pipelines/video.py and data_pipelines/scannet.py). The clips are synthetic
+(flow3r_jax/data/synthetic.py). Labeled records carry the renderer's labels and exact flow; flow-only
+records are what video ingestion writes for the paper's unlabeled videos (data_pipelines/video.py
+`unlabeled_clip`: no labels, DIS pseudo-flow composed along the clip). `--distinct_clips` are rendered
+once and repeated into `--clips` records in `--cache_dir`, reused by later runs (Grain's index shuffle
+costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to every sample
+that a dataset of realistic size does not pay).
 
     python tools/benchmark_data.py --workers=0,1,2
 """
@@ -30,12 +34,14 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
+from data_pipelines.pseudo_flow import make_estimator
+from data_pipelines.video import VideoClipConfig, unlabeled_clip
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import Bucket
 from flow3r_jax.data.records import RECORD_VERSION, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
 from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
-from flow3r_jax.data.synthetic import synthetic_record
+from flow3r_jax.data.synthetic import generate_clip, synthetic_record
 from flow3r_jax.data.wire import expand_batch
 from flow3r_jax.files import atomic_directory
 
@@ -47,7 +53,9 @@ _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 8, "frames per stored clip")
 _CLIP_HEIGHT = flags.DEFINE_integer("clip_height", 392, "stored frame height")
 _CLIP_WIDTH = flags.DEFINE_integer("clip_width", 518, "stored frame width")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "frames per sample")
-_PAIRS = flags.DEFINE_integer("pairs", 8, "flow pairs per sample (the clips store twice as many)")
+_PAIRS = flags.DEFINE_integer("pairs", 8, "flow pairs per sample")
+_STORED_PAIRS = flags.DEFINE_integer("stored_pairs", VideoClipConfig.pairs_per_clip,
+                                     "flow pairs per stored clip (default: the ingestion default)")
 _HEIGHT = flags.DEFINE_integer("height", 378, "sample height")
 _WIDTH = flags.DEFINE_integer("width", 504, "sample width")
 _BATCH = flags.DEFINE_integer("batch", 2, "samples per batch")
@@ -56,20 +64,18 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "batches before timing")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time")
 
 
-def benchmark_shards() -> str:
+def benchmark_shards(labeled: bool) -> str:
     """Folder of the benchmark shards, built once per setting: `clips` records cycling through
-    `distinct_clips` rendered clips, 4 shards."""
+    `distinct_clips` rendered clips, 4 shards; labeled records or flow-only ones (module docstring)."""
     build = {"kind": "benchmark", "record_version": RECORD_VERSION, "clips": _CLIPS.value,
              "distinct_clips": _DISTINCT_CLIPS.value, "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value,
-             "width": _CLIP_WIDTH.value, "pairs": 2 * _PAIRS.value}
+             "width": _CLIP_WIDTH.value, "pairs": _STORED_PAIRS.value, "labeled": labeled}
     digest = hashlib.sha1(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
     out = pathlib.Path(_CACHE_DIR.value) / f"benchmark-{digest}"
     if out.is_dir() and complete_manifest(out, build) is not None:
         return str(out)
     start = time.perf_counter()
-    rendered = [encode_clip(synthetic_record(seed, build["height"], build["width"], build["frames"], build["pairs"],
-                                             dynamic=seed % 2 == 1))
-                for seed in range(build["distinct_clips"])]
+    rendered = [encode_clip(_benchmark_clip(seed, build)) for seed in range(build["distinct_clips"])]
     num_shards = min(4, build["clips"])
     with atomic_directory(str(out)) as tmp:
         entries = [write_shard(tmp, "bench", shard, num_shards,
@@ -79,6 +85,17 @@ def benchmark_shards() -> str:
         write_manifest(tmp, "bench", entries, build)
     print(f"benchmark shards built in {time.perf_counter() - start:.0f}s: {out}")
     return str(out)
+
+
+def _benchmark_clip(seed: int, build: dict):
+    """Rendered clip `seed` as a labeled record Clip or as video ingestion's flow-only one."""
+    shape = (seed, build["height"], build["width"], build["frames"])
+    if build["labeled"]:
+        return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1)
+    clip = generate_clip(*shape, dynamic=seed % 2 == 1)
+    config = VideoClipConfig(clip_length=build["frames"], pairs_per_clip=build["pairs"])
+    return unlabeled_clip(clip.images, clip.timestamps, f"benchmark:{seed}", config, make_estimator("dis"),
+                          seed=(seed, 1))
 
 
 def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:
@@ -122,17 +139,18 @@ def megabytes_per_sample(batch: dict) -> float:
 
 def main(argv) -> None:
     del argv
-    shard_dir = benchmark_shards()
-    decode, decode_cpu = jpeg_decode_rate(shard_dir)
+    shard_dirs = {labeled: benchmark_shards(labeled) for labeled in (True, False)}
+    decode, decode_cpu = jpeg_decode_rate(shard_dirs[True])
     print(f"JPEG decode, 1 process: {decode:.0f} frames/s, {decode_cpu:.0f} frames per CPU second, of "
           f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
-    print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} pairs, output "
+    print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} of "
+          f"{_STORED_PAIRS.value} stored pairs, output "
           f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
     print(f"{'samples':>10} {'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} "
           f"{'CPU vs decode':>14}")
     for labeled in (True, False):
         for workers in (int(w) for w in _WORKERS.value):
-            rate, cpu_rate, batch = pipeline_rate(shard_dir, workers, labeled)
+            rate, cpu_rate, batch = pipeline_rate(shard_dirs[labeled], workers, labeled)
             cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
             print(f"{'labeled' if labeled else 'flow-only':>10} {workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} "
                   f"{rate / decode / max(workers, 1):>12.2f} {cpu_ratio:>14}")
