@@ -31,8 +31,9 @@ import cv2
 import numpy as np
 
 from data_pipelines.flow_chain import chain_links, compose_flows
+from flow3r_jax.data.flow_grid import coarsen_flow, refine_flow
 from flow3r_jax.data.records import FLOW_NDC_LIMIT
-from flow3r_jax.geometry.ndc import pixel_flow_to_ndc_coords, pixel_grid
+from flow3r_jax.geometry.ndc import ndc_coords_to_pixel_flow, pixel_flow_to_ndc_coords, pixel_grid
 
 FB_ALPHA = 0.01
 FB_BETA = 0.5
@@ -196,6 +197,16 @@ def pseudo_flow_targets(frames: np.ndarray, pairs, estimator: FlowEstimator, mod
     flows, masks = pseudo_flows(frames, pairs, estimator, mode)
     coords = np.clip(pixel_flow_to_ndc_coords(flows, np), -FLOW_NDC_LIMIT, FLOW_NDC_LIMIT)
     return coords.astype(np.float32), masks.astype(np.float32)
+
+
+def as_stored_per_cell(flows: np.ndarray, masks: np.ndarray, stride: int,
+                       max_error_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(P, H, W, 2) pixel flows and (P, H, W) masks as `pseudo_flows` gives -> the same stored per stride x
+    stride cell and read back per pixel (flow3r_jax/data/flow_grid.py): pixel flows and bool masks."""
+    height, width = flows.shape[1:3]
+    cells = coarsen_flow(pixel_flow_to_ndc_coords(flows, np), np.asarray(masks, np.float32), stride, max_error_px)
+    coords, kept = refine_flow(*cells, height, width, stride)
+    return ndc_coords_to_pixel_flow(coords, np), kept > 0
 
 
 def estimator_epe(estimator: FlowEstimator, clips, pairs, mode: str = "composed") -> dict:

@@ -9,7 +9,10 @@ rounded to a multiple of 14 (`size_multiple_of_14`). Flow pairs follow flow3r_ja
 gaps up to `max_gap`, and their targets come from data_pipelines/pseudo_flow.py in `flow_mode`. Defaults
 from tools/benchmark_pseudo_flow.py (392x518 synthetic clips): DIS flows composed along the clip keep
 3.7 px end-point error on the pixels they keep (79% of the co-visible ones) at gap 8 (0.8 s at 10 fps),
-where direct DIS has 8 px at gap 4 and 28 px at gap 8; with "direct" keep max_gap <= 2. A file that
+where direct DIS has 8 px at gap 4 and 28 px at gap 8; with "direct" keep max_gap <= 2. The targets are
+stored per `flow_stride` x `flow_stride` cell (flow3r_jax/data/flow_grid.py; default 2: DIS "medium"
+estimates at half resolution, and the cells take a quarter of the bytes), cells whose pixels move more than
+`flow_cell_error_px` apart masked; use flow_stride=1 for an estimator with per-pixel detail. A file that
 cannot be opened or decoded, or that is too short for one clip, raises VideoError naming the file.
 """
 
@@ -25,6 +28,7 @@ import cv2
 import numpy as np
 
 from data_pipelines.pseudo_flow import FlowEstimator, pseudo_flow_targets
+from flow3r_jax.data.flow_grid import coarsen_flow
 from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import Clip, encode_frame
 
@@ -44,6 +48,8 @@ class VideoClipConfig:
     pairs_per_clip: int = 8
     max_gap: int | None = 8
     flow_mode: str = "composed"
+    flow_stride: int = 2
+    flow_cell_error_px: float = 1.0
     image_format: str = "jpeg"
     jpeg_quality: int = 95
 
@@ -89,13 +95,18 @@ def unlabeled_clip(frames: np.ndarray, timestamps: np.ndarray, source_id: str, c
                    estimator: FlowEstimator, seed) -> Clip:
     """One clip of frames (T, H, W, 3) uint8 RGB with timestamps (T,) -> unlabeled record Clip: pairs drawn
     from `seed` (flow3r_jax/data/pairs.py, up to config.pairs_per_clip with gaps up to config.max_gap),
-    pseudo-flow targets in config.flow_mode, frames encoded as config.image_format."""
+    pseudo-flow targets in config.flow_mode stored per config.flow_stride cell (flow3r_jax/data/flow_grid.py:
+    cells whose pixels move more than config.flow_cell_error_px apart are masked), frames encoded as
+    config.image_format."""
     pairs = sample_pairs(len(frames), config.pairs_per_clip, seed=seed, max_gap=config.max_gap)
     coords, masks = pseudo_flow_targets(frames, pairs, estimator, config.flow_mode)
+    if config.flow_stride > 1:
+        coords, masks = coarsen_flow(coords, masks, config.flow_stride, config.flow_cell_error_px)
     return Clip(source_id=source_id, timestamps=timestamps,
                 frames=[encode_frame(f, config.image_format, config.jpeg_quality) for f in frames],
                 height=frames.shape[1], width=frames.shape[2], depth=None, intrinsics=None, camera_poses=None,
-                valid_mask=None, normal_ok=False, flow_pairs=pairs, flow_coords=coords, flow_mask=masks)
+                valid_mask=None, normal_ok=False, flow_pairs=pairs, flow_coords=coords, flow_mask=masks,
+                flow_stride=config.flow_stride)
 
 
 def _resampled_frames(path, config: VideoClipConfig) -> Iterator[tuple[np.ndarray, float]]:

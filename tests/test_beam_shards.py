@@ -2,6 +2,7 @@
 Also run with the DirectRunner's worker processes (what a distributed runner needs: picklable transforms, no
 shared state) and with a RAFT estimator built once per worker."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -119,9 +120,11 @@ def test_beam_job_in_worker_processes(tmp_path, videos, caplog):
 def test_beam_job_with_raft_estimator(tmp_path, videos, caplog):
     caplog.set_level(logging.INFO)
     raft = {"random_weights": True, "num_flow_updates": 2}
-    manifest = build_shards_beam(videos[:2], tmp_path, num_shards=2, video_config=CONFIG, estimator="raft_small",
+    per_pixel = dataclasses.replace(CONFIG, flow_stride=1)  # a learned matcher's flow, kept per pixel
+    manifest = build_shards_beam(videos[:2], tmp_path, num_shards=2, video_config=per_pixel, estimator="raft_small",
                                  estimator_kwargs=raft)
     assert manifest["total_records"] == 4 and manifest["num_failures"] == 0
     assert job_counters(caplog, tmp_path)["estimators_built"] == 1  # one worker: built once for both shards
     clips = [c for p in manifest_shard_files(tmp_path) for c in read_clips(p)]
-    assert all(c.flow_coords.shape == (2, 42, 56, 2) and c.flow_mask.shape == (2, 42, 56) for c in clips)
+    assert all(c.flow_stride == 1 and c.flow_coords.shape == (2, 42, 56, 2) and c.flow_mask.shape == (2, 42, 56)
+               for c in clips)

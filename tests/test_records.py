@@ -1,5 +1,5 @@
-"""Clip record format: version 3 round trip, versions 1 and 2 reading, version and corruption errors, real
-shards."""
+"""Clip record format: version 4 round trip (flow per pixel and per cell), versions 1 to 3 reading, version
+and corruption errors, real shards."""
 
 import json
 import struct
@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from flow3r_jax.data.flow_grid import coarsen_flow, refine_flow
 from flow3r_jax.data.records import (
     FLOW_NDC_LIMIT,
     FLOW_NDC_SCALE,
@@ -72,10 +73,18 @@ def encode_clip_v1(clip: Clip) -> bytes:
     return struct.pack("<4sHI", b"F3RC", 1, zlib.crc32(payload)) + payload
 
 
+def encode_clip_v3(clip: Clip) -> bytes:
+    """The version 3 writer: the version 4 layout without flow_stride (flow per pixel)."""
+    assert clip.flow_stride == 1
+    index, blobs = _index(encode_clip(clip))
+    del index["flow_stride"]
+    return _with_index(index, blobs, version=3)
+
+
 def encode_clip_v2(clip: Clip) -> bytes:
     """The version 2 writer (records.py documents it): the version 3 layout with zstd level 3 blobs and
     flow_coords delta-coded along W."""
-    index, _ = _index(encode_clip(clip))  # the same index; its blob table is rebuilt below
+    index, _ = _index(encode_clip_v3(clip))  # the same index; its blob table is rebuilt below
     quantized = np.rint(np.asarray(clip.flow_coords, np.float64) * FLOW_NDC_SCALE).astype(np.int16)
     arrays = {"flow_coords": np.diff(quantized, axis=2, prepend=np.int16(0)),
               "flow_mask": np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0).astype(np.uint8)}
@@ -94,11 +103,11 @@ def encode_clip_v2(clip: Clip) -> bytes:
     return _with_index(index, bytes(area), version=2)
 
 
-ENCODERS = {"v3": encode_clip, "v2": encode_clip_v2, "v1": encode_clip_v1}
+ENCODERS = {"v4": encode_clip, "v3": encode_clip_v3, "v2": encode_clip_v2, "v1": encode_clip_v1}
 
 
 def _index(data: bytes) -> tuple[dict, bytes]:
-    """(index map, blob area) of version 2 or 3 record bytes."""
+    """(index map, blob area) of version 2 to 4 record bytes."""
     size = _HEADER.unpack_from(data)[3]
     return msgpack.unpackb(data[_HEADER.size:_HEADER.size + size]), data[_HEADER.size + size:]
 
@@ -109,8 +118,8 @@ def _with_index(index: dict, blobs: bytes, version: int = RECORD_VERSION) -> byt
 
 
 def _checksum(version: int):
-    """The checksum of index and blobs: CRC-32C in version 3, zlib's CRC-32 in version 2."""
-    return crc32c if version == 3 else zlib.crc32
+    """The checksum of index and blobs: CRC-32C from version 3 on, zlib's CRC-32 in version 2."""
+    return crc32c if version >= 3 else zlib.crc32
 
 
 def _assert_clips_equal(a: Clip, b: Clip) -> None:
@@ -122,7 +131,7 @@ def _assert_clips_equal(a: Clip, b: Clip) -> None:
 
 def test_labeled_round_trip_within_stated_quantization(labeled_clip):
     data = encode_clip(labeled_clip)
-    assert struct.unpack_from("<H", data, 4)[0] == RECORD_VERSION == 3
+    assert struct.unpack_from("<H", data, 4)[0] == RECORD_VERSION == 4
     decoded = decode_clip(data, "test#0")
     assert decoded.source_id == labeled_clip.source_id and decoded.is_labeled and decoded.normal_ok
     assert decoded.frames == labeled_clip.frames
@@ -195,10 +204,10 @@ def test_selective_decoding_equals_full_decoding(labeled_clip, encode):
         open_clip(encode(unlabeled_clip(labeled_clip)), "sel#0").decode_depth([0])
 
 
-def test_older_versions_decode_to_the_version_3_values(labeled_clip):
+def test_older_versions_decode_to_the_current_values(labeled_clip):
     for clip in (labeled_clip, unlabeled_clip(labeled_clip)):
-        new = decode_clip(encode_clip(clip), "v3#0")
-        for version, encode in ((1, encode_clip_v1), (2, encode_clip_v2)):
+        new = decode_clip(encode_clip(clip), "v4#0")
+        for version, encode in ((1, encode_clip_v1), (2, encode_clip_v2), (3, encode_clip_v3)):
             old = encode(clip)
             assert struct.unpack_from("<H", old, 4)[0] == version == open_clip(old, "old#0").version
             _assert_clips_equal(decode_clip(old, "old#0"), new)
@@ -221,11 +230,11 @@ def test_unknown_version_is_rejected(labeled_clip):
     index, blobs = _index(encode_clip(labeled_clip))
     for version in (0, RECORD_VERSION + 1):
         with pytest.raises(RecordError, match=rf"shard-x#3: unsupported record version {version}; this reader "
-                                              r"handles versions \[1, 2, 3\]"):
+                                              r"handles versions \[1, 2, 3, 4\]"):
             decode_clip(_with_index(index, blobs, version), "shard-x#3")
 
 
-@pytest.mark.parametrize("encode", [encode_clip, encode_clip_v2], ids=["v3", "v2"])
+@pytest.mark.parametrize("encode", [encode_clip, encode_clip_v2], ids=["v4", "v2"])
 def test_corrupt_blob_names_record_and_field(labeled_clip, encode):
     data = encode(labeled_clip)
     index, blobs = _index(data)
@@ -326,3 +335,54 @@ def test_truncated_shard_file_is_reported(tmp_path, labeled_clip):
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(RecordError, match=name):
         list(read_clips(tmp_path / name))
+
+
+def cell_clip(clip: Clip, stride: int = 2) -> Clip:
+    """`clip` with its flow stored per stride x stride cell (flow3r_jax/data/flow_grid.py)."""
+    coords, mask = coarsen_flow(clip.flow_coords, clip.flow_mask, stride, max_error_px=1.0)
+    return Clip(**{**clip.__dict__, "flow_coords": coords, "flow_mask": mask, "flow_stride": stride})
+
+
+def test_flow_per_cell_round_trip_and_errors(labeled_clip):
+    clip = cell_clip(labeled_clip)
+    data = encode_clip(clip)
+    decoded = decode_clip(data, "cells#0")
+    assert decoded.flow_stride == open_clip(data).flow_stride == 2
+    assert decoded.flow_coords.shape == (3, 14, 21, 2) and decoded.flow_mask.shape == (3, 14, 21)
+    assert np.abs(decoded.flow_coords - clip.flow_coords).max() <= 0.5 / FLOW_NDC_SCALE + 1e-7
+    assert np.abs(decoded.flow_mask - clip.flow_mask).max() <= 0.5 / 255 + 1e-7
+    np.testing.assert_array_equal(decoded.depth, decode_clip(encode_clip(labeled_clip)).depth)
+    for stride in (0, 2.0, True):
+        with pytest.raises(RecordError, match=f"flow_stride must be a positive integer, got {stride!r}"):
+            encode_clip(Clip(**{**clip.__dict__, "flow_stride": stride}))
+    with pytest.raises(RecordError, match=r"flow_coords has shape \(3, 28, 42, 2\), expected \(3, 14, 21, 2\)"):
+        encode_clip(Clip(**{**labeled_clip.__dict__, "flow_stride": 2}))
+    index, blobs = _index(data)
+    index["flow_stride"] = 3
+    with pytest.raises(RecordError, match=r"r#1: flow_coords\[0\] inflates to 1176 bytes, expected 560"):
+        decode_clip(_with_index(index, blobs), "r#1")  # 14 x 21 cells stored, 10 x 14 declared
+    del index["flow_stride"]
+    with pytest.raises(RecordError, match=r"r#2: missing keys \['flow_stride'\]"):
+        open_clip(_with_index(index, blobs), "r#2")
+
+
+@pytest.mark.parametrize("size", [(28, 42), (27, 41)])
+def test_samples_of_flow_per_cell_equal_those_of_its_full_resolution_expansion(size):
+    """A sample moves every pixel with its cell: the same flow integers (to the rounding of the cell-to-pixel
+    shift, 1 integer = 1 / FLOW_NDC_SCALE NDC) and masks as the per-pixel record of `refine_flow`."""
+    height, width = size
+    full = synthetic_record(seed=3, height=height, width=width, num_frames=4, num_pairs=3, dynamic=True,
+                            image_format="png")
+    cells = cell_clip(full)
+    coords, mask = refine_flow(cells.flow_coords, cells.flow_mask, height, width, 2)
+    expanded = Clip(**{**full.__dict__, "flow_coords": coords, "flow_mask": mask})
+    records = [open_clip(encode_clip(c), name) for c, name in ((cells, "cells#0"), (expanded, "pixels#0"))]
+    for index in range(6):
+        rng = sample_rng(11, index)
+        selection = select_frames_and_pairs(4, full.flow_pairs, 3, 2, rng)
+        crop = random_crop(size, (14, 28), (0.6, 1.0), rng)
+        from_cells, from_pixels = (build_sample(r, selection, crop, None, True, r.where) for r in records)
+        difference = from_cells["flow_quantized"].astype(np.int32) - from_pixels["flow_quantized"]
+        assert np.abs(difference).max() <= 1
+        for key in from_cells.keys() - {"flow_quantized"}:
+            np.testing.assert_array_equal(from_cells[key], from_pixels[key], err_msg=key)

@@ -13,6 +13,7 @@ from data_pipelines.video import (
     video_paths,
     video_records,
 )
+from flow3r_jax.data.flow_grid import coarsen_flow
 from flow3r_jax.data.records import decode_clip, decode_frames, encode_clip
 from flow3r_jax.data.synthetic import generate_clip
 
@@ -67,7 +68,8 @@ def test_video_records_carry_pseudo_flow(synthetic_video):
     assert len(records) == 3
     clip = decode_clip(encode_clip(records[0]), "video#0")
     assert not clip.is_labeled and clip.source_id == f"{path}#0"
-    assert clip.flow_coords.shape == (3, clip.height, clip.width, 2) and clip.flow_mask.mean() > 0.3
+    assert clip.flow_stride == config.flow_stride == 2  # DIS flow stored per 2 x 2 cell by default
+    assert clip.flow_coords.shape == (3, clip.height // 2, clip.width // 2, 2) and clip.flow_mask.mean() > 0.3
     assert decode_frames(clip, [0, 3]).shape == (2, clip.height, clip.width, 3)
 
 
@@ -79,7 +81,8 @@ def test_video_records_compose_long_gaps_by_default(synthetic_video):
     clip = next(video_records(path, config, make_estimator("dis"), seed=0))
     gaps = np.abs(clip.flow_pairs[:, 0] - clip.flow_pairs[:, 1])
     assert len(clip.flow_pairs) == 30 and gaps.max() == 5  # every ordered pair of the 6 frames
-    coords, masks = pseudo_flow_targets(frames, clip.flow_pairs, make_estimator("dis"), "composed")
+    coords, masks = coarsen_flow(*pseudo_flow_targets(frames, clip.flow_pairs, make_estimator("dis"), "composed"),
+                                 config.flow_stride, config.flow_cell_error_px)
     np.testing.assert_allclose(clip.flow_coords, coords, atol=1e-6)
     np.testing.assert_array_equal(clip.flow_mask, masks)
     assert masks[gaps == 5].mean() > 0.5

@@ -1,6 +1,6 @@
 """The clip record: one ArrayRecord entry = one video clip with optional 3D labels and flow targets.
 
-Byte layout of one record (version 3)::
+Byte layout of one record (version 4)::
 
     magic       4 bytes  b"F3RC"
     version     uint16 little-endian   (RECORD_VERSION)
@@ -19,6 +19,8 @@ Index fields:
 ``flow_pairs``     (P, 2) int32 frame indices (i, j) within the clip, i != j
 ``intrinsics``     optional (T, 3, 3) float32 pixel units, (0, 0) = centre of the top-left pixel
 ``camera_poses``   optional (T, 4, 4) float32 camera-to-world, OpenCV axes (x right, y down, z forward)
+``flow_stride``    int s >= 1: flow is stored per s x s cell of source pixels (flow3r_jax/data/flow_grid.py)
+                   on the flow grid of Hf x Wf = ceil(H / s) x ceil(W / s) cells; 1 = per pixel
 ``blobs``          map field -> list of [offset, size, crc] (offset into the blob area, CRC-32C of the
                    blob), one per frame (``frames``, ``depth``, ``valid_mask``) or per flow pair
                    (``flow_coords``, ``flow_mask``)
@@ -32,12 +34,12 @@ every array blob is one Blosc2 chunk (LZ4HC level 3, byte shuffle over the eleme
 ``depth[t]``       (H, W) z-depth in the camera frame, 0 = unknown: float16 (relative rounding <= 2^-11,
                    e.g. <= 2 mm at 4 m); decoded to float32
 ``valid_mask[t]``  (H, W) bool as uint8 0/1
-``flow_coords[p]`` (H, W, 2) target-image coordinates in NDC (flow3r_jax/geometry/ndc.py) of every pixel of
-                   frame i in frame j, quantized to int16 q = round(x * FLOW_NDC_SCALE) (step 1/4096 NDC,
-                   rounding <= 0.03 px at W = 518). Values must be finite with |x| <= FLOW_NDC_LIMIT
+``flow_coords[p]`` (Hf, Wf, 2) target-image coordinates in NDC (flow3r_jax/geometry/ndc.py) of every pixel
+                   (or cell centre) of frame i in frame j, quantized to int16 q = round(x * FLOW_NDC_SCALE)
+                   (step 1/4096 NDC, rounding <= 0.03 px at W = 518). Values must be finite with |x| <= FLOW_NDC_LIMIT
                    (producers clip the coordinates of pixels that leave the image far behind; those pixels
                    are not co-visible anyway)
-``flow_mask[p]``   (H, W) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m)
+``flow_mask[p]``   (Hf, Wf) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m)
 =================  =====================================================================================
 
 The four label fields (depth, intrinsics, camera_poses, valid_mask) are either all present (labeled
@@ -56,7 +58,11 @@ smaller read saves); a float16 depth map 0.1 ms vs 0.27 ms. Writing takes about 
 (LZ4HC-9: 16 ms for 1.88x), against about 120 ms to estimate a DIS pair. Depth stays float16 so every
 version decodes to the same values.
 
-Older versions stay readable and decode to the same values: version 2 (the same layout, blobs zstd
+Flow stored per cell (s = 2, what video ingestion writes for DIS pseudo-flow) takes a quarter of the
+bytes; reading and inflating a sample's flow costs as much less.
+
+Older versions stay readable and decode to the same values: version 3 (this layout without
+``flow_stride``: flow per pixel), version 2 (the same layout, blobs zstd
 level 3, flow_coords delta-coded along W in int16 wrap-around arithmetic, zlib CRC-32 checksums) and
 version 1 (flow3r_jax/data/records_v1.py: one msgpack body with each large field as one zlib-compressed
 byte-planed array).
@@ -85,8 +91,10 @@ import msgpack
 import numpy as np
 import zstandard
 
-RECORD_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+from flow3r_jax.data.flow_grid import flow_grid_shape
+
+RECORD_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 FLOW_NDC_SCALE = 4096.0
 FLOW_NDC_LIMIT = 7.99
 _MAGIC = b"F3RC"
@@ -108,7 +116,9 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass
 class Clip:
-    """A decoded clip. T frames of size H x W, P flow pairs; label fields are all set or all None."""
+    """A decoded clip. T frames of size H x W, P flow pairs; label fields are all set or all None.
+    flow_coords (P, Hf, Wf, 2) NDC and flow_mask (P, Hf, Wf) are on the flow grid of `flow_stride`
+    (flow3r_jax/data/flow_grid.py; Hf, Wf = H, W at stride 1)."""
 
     source_id: str
     timestamps: np.ndarray
@@ -123,6 +133,7 @@ class Clip:
     flow_pairs: np.ndarray
     flow_coords: np.ndarray
     flow_mask: np.ndarray
+    flow_stride: int = 1
 
     @property
     def num_frames(self) -> int:
@@ -155,7 +166,7 @@ def _quantize_flow(flow_coords: np.ndarray) -> np.ndarray:
 
 
 def encode_clip(clip: Clip) -> bytes:
-    """Clip -> record bytes (version 3, layout in the module docstring). RecordError on an invalid clip."""
+    """Clip -> record bytes (version 4, layout in the module docstring). RecordError on an invalid clip."""
     _check_clip(clip, clip.source_id)
     if not np.all(np.isfinite(clip.flow_coords)) or np.abs(clip.flow_coords).max(initial=0.0) > FLOW_NDC_LIMIT:
         raise RecordError(f"{clip.source_id}: flow_coords must be finite with |x| <= {FLOW_NDC_LIMIT}")
@@ -164,7 +175,7 @@ def encode_clip(clip: Clip) -> bytes:
               "flow_mask": _compress_all(np.rint(np.clip(clip.flow_mask, 0.0, 1.0) * 255.0), "flow_mask")}
     index = {"source_id": clip.source_id, "height": int(clip.height), "width": int(clip.width),
              "normal_ok": bool(clip.normal_ok), "timestamps": _pack_small(clip.timestamps, "<f8"),
-             "flow_pairs": _pack_small(clip.flow_pairs, "<i4")}
+             "flow_pairs": _pack_small(clip.flow_pairs, "<i4"), "flow_stride": int(clip.flow_stride)}
     if clip.is_labeled:
         index["intrinsics"] = _pack_small(clip.intrinsics, "<f4")
         index["camera_poses"] = _pack_small(clip.camera_poses, "<f4")
@@ -203,16 +214,16 @@ class FieldReader(abc.ABC):
 
     @abc.abstractmethod
     def entries(self, indices: np.ndarray) -> np.ndarray:
-        """(n,) valid entry indices -> stored values: (n, H, W) float16 depth / uint8 masks, or
-        (n, H, W, 2) int16 quantized NDC flow."""
+        """(n,) valid entry indices -> stored values: (n, H, W) float16 depth / uint8 valid masks, or
+        (n, Hf, Wf, 2) int16 quantized NDC flow / (n, Hf, Wf) uint8 flow confidence on the flow grid."""
 
 
 @dataclasses.dataclass
 class ClipRecord:
     """A clip record opened by `open_clip`: header, checksums of the index, keys and every declared shape
     checked, small fields decoded; frames, depth, valid_mask and flow are decoded when asked for by frame
-    or pair index. T frames of size H x W, P flow pairs; intrinsics/camera_poses are None when unlabeled.
-    `frames[t]` is the encoded image (its checksum verified on access)."""
+    or pair index. T frames of size H x W, P flow pairs on the flow grid of `flow_stride`; intrinsics and
+    camera_poses are None when unlabeled. `frames[t]` is the encoded image (its checksum verified on access)."""
 
     where: str
     version: int
@@ -226,6 +237,7 @@ class ClipRecord:
     normal_ok: bool
     flow_pairs: np.ndarray
     fields: dict  # field name -> FieldReader: depth, valid_mask (if labeled), flow_coords, flow_mask
+    flow_stride: int = 1
 
     @property
     def num_frames(self) -> int:
@@ -248,12 +260,12 @@ class ClipRecord:
         return self._entries("valid_mask", frames).astype(bool)
 
     def decode_flow_quantized(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
-        """(s,) rows of `flow_pairs` -> stored flow: coords (s, H, W, 2) int16, NDC x FLOW_NDC_SCALE; mask
-        (s, H, W) uint8, confidence x 255."""
+        """(s,) rows of `flow_pairs` -> stored flow on the flow grid: coords (s, Hf, Wf, 2) int16, NDC x
+        FLOW_NDC_SCALE; mask (s, Hf, Wf) uint8, confidence x 255."""
         return self._entries("flow_coords", pair_rows), self._entries("flow_mask", pair_rows)
 
     def decode_flow(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
-        """(s,) rows of `flow_pairs` -> flow_coords (s, H, W, 2) float32 NDC, flow_mask (s, H, W) float32."""
+        """(s,) rows of `flow_pairs` -> flow_coords (s, Hf, Wf, 2) float32 NDC, flow_mask (s, Hf, Wf) float32."""
         quantized, mask = self.decode_flow_quantized(pair_rows)
         coords = np.divide(quantized, np.float32(FLOW_NDC_SCALE), dtype=np.float32)
         return coords, np.divide(mask, np.float32(255.0), dtype=np.float32)
@@ -302,7 +314,8 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     codec = _CODECS[version]
     if len(packed_index) != index_size or codec.checksum(packed_index) != crc:
         raise RecordError(f"{where}: index checksum mismatch (record truncated or corrupted)")
-    index = unpack_map(packed_index, _INDEX_KEYS, where, "record index")
+    index = unpack_map(packed_index, _INDEX_KEYS + (("flow_stride",) if version >= 4 else ()), where,
+                       "record index")
     table = index["blobs"]
     if not isinstance(table, dict) or any(k not in table for k in ("frames",) + _PAIR_BLOBS):
         raise RecordError(f"{where}: the blob table must list frames, flow_coords and flow_mask")
@@ -312,15 +325,19 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
     small = {k: _unpack_small(index[k], k, where) if k in index else None
              for k in ("timestamps", "flow_pairs", "intrinsics", "camera_poses")}
     height, width = index["height"], index["width"]
+    stride = index.get("flow_stride", 1)
+    if type(stride) is not int or stride < 1:
+        raise RecordError(f"{where}: flow_stride must be a positive integer, got {stride!r}")
     blob_area = view[_HEADER.size + index_size:]
     blob_keys = ("frames",) + _PAIR_BLOBS + (_FRAME_BLOBS[1:] if labeled else ())
     blobs = {k: _Blobs(k, table[k], blob_area, where, codec.checksum) for k in blob_keys}
-    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width), codec) for k in blob_keys[1:]}
+    fields = {k: _BlobField(blobs[k], *_entry_layout(k, height, width, stride), codec) for k in blob_keys[1:]}
     record = ClipRecord(where=where, version=version, source_id=index["source_id"], frames=blobs["frames"],
-                        height=height, width=width, normal_ok=bool(index["normal_ok"]), fields=fields, **small)
+                        height=height, width=width, normal_ok=bool(index["normal_ok"]), fields=fields,
+                        flow_stride=stride, **small)
     shapes = {k: np.shape(v) for k, v in small.items() if v is not None}
     shapes.update({k: (len(b),) + (() if k == "frames" else fields[k].entry_shape) for k, b in blobs.items()})
-    check_shapes(where, len(blobs["frames"]), height, width, record.flow_pairs, shapes)
+    check_shapes(where, len(blobs["frames"]), height, width, record.flow_pairs, shapes, stride)
     return record
 
 
@@ -336,7 +353,7 @@ def decode_clip(data: bytes, where: str = "") -> Clip:
                 intrinsics=record.intrinsics, camera_poses=record.camera_poses,
                 valid_mask=record.decode_valid_mask(every_frame) if labeled else None,
                 normal_ok=record.normal_ok, flow_pairs=record.flow_pairs, flow_coords=flow_coords,
-                flow_mask=flow_mask)
+                flow_mask=flow_mask, flow_stride=record.flow_stride)
 
 
 def decode_frames(clip: Clip | ClipRecord, indices) -> np.ndarray:
@@ -366,8 +383,10 @@ def _compress_all(array: np.ndarray, key: str) -> list[bytes]:
                              filters_meta=[0], typesize=stored.dtype.itemsize, nthreads=1) for entry in stored]
 
 
-def _entry_layout(key: str, height: int, width: int) -> tuple[np.dtype, tuple[int, ...]]:
+def _entry_layout(key: str, height: int, width: int, flow_stride: int) -> tuple[np.dtype, tuple[int, ...]]:
     dtype, shape = _BLOB_ENTRIES[key]
+    if key in _PAIR_BLOBS:
+        height, width = flow_grid_shape(height, width, flow_stride)
     return dtype, tuple({"H": height, "W": width}.get(d, d) for d in shape)
 
 
@@ -451,8 +470,8 @@ class _BlobCodec:
     flow_delta_coded: bool
 
 
-_CODECS = {2: _BlobCodec(zlib.crc32, _inflate_zstd, flow_delta_coded=True),
-           3: _BlobCodec(crc32c, _inflate_blosc2, flow_delta_coded=False)}
+_BLOSC2_CRC32C = _BlobCodec(crc32c, _inflate_blosc2, flow_delta_coded=False)
+_CODECS = {2: _BlobCodec(zlib.crc32, _inflate_zstd, flow_delta_coded=True), 3: _BLOSC2_CRC32C, 4: _BLOSC2_CRC32C}
 
 
 def undelta_flow(deltas: np.ndarray) -> np.ndarray:
@@ -484,15 +503,20 @@ def _check_clip(clip: Clip, where: str) -> None:
     labels = [getattr(clip, k) for k in LABEL_KEYS]
     if any(x is not None for x in labels) and any(x is None for x in labels):
         raise RecordError(f"{where}: label fields {LABEL_KEYS} must be all set or all None")
+    if type(clip.flow_stride) is not int or clip.flow_stride < 1:
+        raise RecordError(f"{where}: flow_stride must be a positive integer, got {clip.flow_stride!r}")
     shapes = {k: np.shape(getattr(clip, k)) for k in ARRAY_KEYS if getattr(clip, k) is not None}
-    check_shapes(where, len(clip.frames), clip.height, clip.width, np.asarray(clip.flow_pairs), shapes)
+    check_shapes(where, len(clip.frames), clip.height, clip.width, np.asarray(clip.flow_pairs), shapes,
+                 clip.flow_stride)
 
 
-def check_shapes(where: str, t: int, h: int, w: int, flow_pairs: np.ndarray, shapes: dict) -> None:
+def check_shapes(where: str, t: int, h: int, w: int, flow_pairs: np.ndarray, shapes: dict,
+                 flow_stride: int = 1) -> None:
     """Shape and range checks shared by the writer and the readers; `shapes` maps the array fields present
-    (labels all or none) to their shapes."""
+    (labels all or none) to their shapes; flow fields are on the flow grid of `flow_stride`."""
     p = flow_pairs.shape[0] if flow_pairs.ndim == 2 else -1
-    expected = {"timestamps": (t,), "flow_pairs": (p, 2), "flow_coords": (p, h, w, 2), "flow_mask": (p, h, w)}
+    hf, wf = flow_grid_shape(h, w, flow_stride)
+    expected = {"timestamps": (t,), "flow_pairs": (p, 2), "flow_coords": (p, hf, wf, 2), "flow_mask": (p, hf, wf)}
     if "depth" in shapes:
         expected.update({"depth": (t, h, w), "intrinsics": (t, 3, 3), "camera_poses": (t, 4, 4),
                          "valid_mask": (t, h, w)})

@@ -19,9 +19,11 @@ a zero mask.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from flow3r_jax.data.records import ClipRecord, RecordError, decode_frame
+from flow3r_jax.data.flow_grid import cell_offsets
+from flow3r_jax.data.records import FLOW_NDC_SCALE, ClipRecord, RecordError, decode_frame
 from flow3r_jax.data.sampling import FrameSelection
 from flow3r_jax.data.transforms import ColorJitter, CropResize, color_transform, flow_maps, pixel_to_world
 from flow3r_jax.data.wire import empty_wire_batch
@@ -116,8 +118,18 @@ def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize,
     if not stored[:count].all():
         raise ValueError(f"padding pairs must come after the stored pairs, got pair rows {pair_rows.tolist()}")
     coords, masks = clip.decode_flow_quantized(pair_rows[:count])
-    crop.sample_nearest(coords, out=out["flow_quantized"][:count])
-    crop.sample_nearest(masks, out=out["flow_mask"][:count])
+    stride = clip.flow_stride
+    if stride == 1:
+        crop.sample_nearest(coords, out=out["flow_quantized"][:count])
+        crop.sample_nearest(masks, out=out["flow_mask"][:count])
+    else:  # every pixel moves with its cell: its target is the cell centre's, shifted by pixel - centre
+        crop.sample_cells(coords, stride, out=out["flow_quantized"][:count])
+        crop.sample_cells(masks, stride, out=out["flow_mask"][:count])
+        rows, cols = crop.nearest_source_index()
+        shift = np.stack(np.broadcast_arrays(cell_offsets(cols, clip.width, stride, FLOW_NDC_SCALE)[None, :],
+                                             cell_offsets(rows, clip.height, stride, FLOW_NDC_SCALE)[:, None]), -1)
+        for pair in out["flow_quantized"][:count]:
+            cv2.add(pair, shift, dst=pair)  # saturating: a target beyond the int16 range stays outside
     out["flow_quantized"][count:] = 0
     out["flow_mask"][count:] = 0
     to_ndc, bounds = flow_maps((clip.height, clip.width), crop)

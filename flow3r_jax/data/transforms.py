@@ -101,6 +101,24 @@ class CropResize:
             cv2.resize(source, (self.out_width, self.out_height), dst=dest, interpolation=cv2.INTER_NEAREST_EXACT)
         return out
 
+    def sample_cells(self, array: np.ndarray, stride: int, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, Hf, Wf, ...) values per stride x stride cell of source pixels (flow3r_jax/data/flow_grid.py)
+        -> (n, out_height, out_width, ...) values of the cell holding each output pixel's nearest source
+        pixel (`nearest_source_index`), written into `out` when given (else a new array)."""
+        rows, cols = self.nearest_source_index()
+        count, trailing = array.shape[0], array.shape[3:]
+        if out is None:
+            out = np.empty((count, self.out_height, self.out_width) + trailing, array.dtype)
+        unit = _OPENCV_UNIT_OF_SIZE.get(array.dtype.itemsize * math.prod(trailing))
+        if unit is None:  # no single element type spans a cell's values: index them as they are
+            out[...] = array[:, rows // stride][:, :, cols // stride]
+            return out
+        cells = np.ascontiguousarray(array).view(unit).reshape(array.shape[:3])
+        # The indices are in range by construction; mode "clip" also writes `out` directly (no buffer).
+        np.take(np.take(cells, rows // stride, axis=1, mode="clip"), cols // stride, axis=2,
+                out=out.view(unit).reshape(out.shape[:3]), mode="clip")
+        return out
+
     def resize_images(self, frames, out: np.ndarray | None = None) -> np.ndarray:
         """n frames (H_src, W_src, 3) uint8 (an array or a sequence) -> (n, out_height, out_width, 3) uint8
         (OpenCV rounds to integers), interpolated as `interpolation` says, written into `out` when given."""
