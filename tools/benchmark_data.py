@@ -23,6 +23,7 @@ that a dataset of realistic size does not pay).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +71,9 @@ def benchmark_shards(labeled: bool) -> str:
     build = {"kind": "benchmark", "record_version": RECORD_VERSION, "clips": _CLIPS.value,
              "distinct_clips": _DISTINCT_CLIPS.value, "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value,
              "width": _CLIP_WIDTH.value, "pairs": _STORED_PAIRS.value, "labeled": labeled}
+    if not labeled:
+        build["ingestion"] = dataclasses.asdict(VideoClipConfig(clip_length=_CLIP_FRAMES.value,
+                                                                pairs_per_clip=_STORED_PAIRS.value))
     digest = hashlib.sha1(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
     out = pathlib.Path(_CACHE_DIR.value) / f"benchmark-{digest}"
     if out.is_dir() and complete_manifest(out, build) is not None:
@@ -93,9 +97,8 @@ def _benchmark_clip(seed: int, build: dict):
     if build["labeled"]:
         return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1)
     clip = generate_clip(*shape, dynamic=seed % 2 == 1)
-    config = VideoClipConfig(clip_length=build["frames"], pairs_per_clip=build["pairs"])
-    return unlabeled_clip(clip.images, clip.timestamps, f"benchmark:{seed}", config, make_estimator("dis"),
-                          seed=(seed, 1))
+    return unlabeled_clip(clip.images, clip.timestamps, f"benchmark:{seed}", VideoClipConfig(**build["ingestion"]),
+                          make_estimator("dis"), seed=(seed, 1))
 
 
 def jpeg_decode_rate(shard_dir: str) -> tuple[float, float]:

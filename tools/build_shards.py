@@ -34,6 +34,8 @@ _PAIRS_PER_CLIP = flags.DEFINE_integer("pairs_per_clip", VideoClipConfig.pairs_p
 _MAX_GAP = flags.DEFINE_integer("max_gap", VideoClipConfig.max_gap, "Largest frame gap of a flow pair.")
 _FLOW_MODE = flags.DEFINE_enum("flow_mode", VideoClipConfig.flow_mode, FLOW_MODES,
                                "composed: chain adjacent-frame flows; direct: estimate each pair.")
+_FLOW_STRIDE = flags.DEFINE_integer("flow_stride", VideoClipConfig.flow_stride,
+                                    "Flow stored per stride x stride cell (1: per pixel, for a learned matcher).")
 _ESTIMATOR = flags.DEFINE_string("estimator", "dis", "Pseudo-flow estimator (data_pipelines/pseudo_flow.py).")
 _CHECKPOINT_PATH = flags.DEFINE_string("checkpoint_path", None, "Local checkpoint of a learned estimator.")
 _LOADER = flags.DEFINE_string("loader", None, "module:function loading a ufm / roma / sea_raft estimator.")
@@ -70,7 +72,7 @@ def main(argv):
         config = VideoClipConfig(target_fps=_TARGET_FPS.value, clip_length=_CLIP_LENGTH.value,
                                  clip_stride=_CLIP_STRIDE.value, target_pixels=_TARGET_PIXELS.value,
                                  pairs_per_clip=_PAIRS_PER_CLIP.value, max_gap=_MAX_GAP.value,
-                                 flow_mode=_FLOW_MODE.value)
+                                 flow_mode=_FLOW_MODE.value, flow_stride=_FLOW_STRIDE.value)
         estimator_kwargs = {k: v for k, v in (("checkpoint_path", _CHECKPOINT_PATH.value), ("loader", _LOADER.value))
                             if v} | json.loads(_ESTIMATOR_OPTIONS.value)
         manifest = build_shards_beam(video_paths(_VIDEOS.value, _VIDEO_LIST.value), _OUT.value, _NUM_SHARDS.value,

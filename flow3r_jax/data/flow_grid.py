@@ -48,19 +48,25 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
     of each cell centre and mask (P, Hc, Wc) float32, (Hc, Wc) = `flow_grid_shape`.
     """
     height, width = np.shape(mask)[1:]
-    displacement = ndc_to_pixel(np.asarray(coords, np.float64), height, width) - pixel_grid(height, width, np)
-    row_starts, col_starts = np.arange(0, height, stride), np.arange(0, width, stride)
-    rows, cols = np.diff(np.append(row_starts, height)), np.diff(np.append(col_starts, width))
-    sums = np.add.reduceat(np.add.reduceat(displacement, row_starts, axis=1), col_starts, axis=2)
-    mean = sums / (rows[:, None, None] * cols[None, :, None])
-    spread = np.linalg.norm(displacement - np.repeat(np.repeat(mean, rows, axis=1), cols, axis=2), axis=-1)
-    worst = np.maximum.reduceat(np.maximum.reduceat(spread, row_starts, axis=1), col_starts, axis=2)
-    lowest = np.minimum.reduceat(np.minimum.reduceat(np.asarray(mask, np.float64), row_starts, axis=1),
-                                 col_starts, axis=2)
+    rows, cols = flow_grid_shape(height, width, stride)
+    pad = ((0, 0), (0, rows * stride - height), (0, cols * stride - width))
+    displacement = ndc_to_pixel(np.asarray(coords, np.float32), height, width) - pixel_grid(height, width, np)
+
+    def members(array: np.ndarray, mode: str) -> list[np.ndarray]:
+        """(P, H, W, ...) -> the s^2 arrays (P, Hc, Wc, ...) of the pixel at each offset within its cell,
+        the border cells padded by `mode`."""
+        padded = np.pad(array, pad + ((0, 0),) * (array.ndim - 3), mode=mode)
+        return [padded[:, i::stride, j::stride] for i in range(stride) for j in range(stride)]
+
+    sizes = np.outer(np.diff(np.append(np.arange(0, height, stride), height)),
+                     np.diff(np.append(np.arange(0, width, stride), width)))
+    mean = sum(members(displacement, "constant")) / sizes[:, :, None]
+    # Edge padding repeats border pixels, which changes neither the largest deviation nor the lowest mask.
+    deviation = np.max([np.linalg.norm(m - mean, axis=-1) for m in members(displacement, "edge")], axis=0)
+    lowest = np.min(members(np.asarray(mask, np.float32), "edge"), axis=0)
     centres = np.stack(np.meshgrid(cell_centres(width, stride), cell_centres(height, stride)), axis=-1)
     target = pixel_to_ndc(centres + mean, height, width)
-    confidence = np.where(worst <= max_error_px, lowest, 0.0)
-    return target.astype(np.float32), confidence.astype(np.float32)
+    return target.astype(np.float32), np.where(deviation <= max_error_px, lowest, 0.0).astype(np.float32)
 
 
 def refine_flow(coords: np.ndarray, mask: np.ndarray, height: int, width: int,
