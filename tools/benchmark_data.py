@@ -4,9 +4,10 @@ Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py: wir
 train step expands on the device) per worker count, for labeled samples and for flow-only samples, the
 MB per sample of its batches and of the batch contract they expand to, the pure JPEG decode rate of the
 same frames in one process (the bound of one process: a sample cannot be built faster than its frames
-decode), and their ratio, overall and per process (workers, or 1 without). On a shared machine
-wall-clock rates move with the load; the CPU column compares frames per CPU second of this process
-instead (pipeline without workers against decode), which the load barely changes.
+decode), and their ratio, overall and per process (workers, or 1 without). The decode rate is timed
+right before and right after each row, and the row is compared with their mean, since the speed of a
+shared machine drifts. On such a machine wall-clock rates also move with the load; the CPU column
+compares frames per CPU second of this process instead (pipeline without workers against decode).
 
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
 with 8 flow pairs, batch 2), and clips storing as many pairs as the ingestion writes by default
@@ -57,6 +58,8 @@ _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "frames per sample")
 _PAIRS = flags.DEFINE_integer("pairs", 8, "flow pairs per sample")
 _STORED_PAIRS = flags.DEFINE_integer("stored_pairs", VideoClipConfig.pairs_per_clip,
                                      "flow pairs per stored clip (default: the ingestion default)")
+_FLOW_STRIDE = flags.DEFINE_integer("flow_stride", VideoClipConfig.flow_stride,
+                                    "flow-only records: flow stored per stride x stride cell (ingestion default)")
 _HEIGHT = flags.DEFINE_integer("height", 378, "sample height")
 _WIDTH = flags.DEFINE_integer("width", 504, "sample width")
 _BATCH = flags.DEFINE_integer("batch", 2, "samples per batch")
@@ -73,7 +76,8 @@ def benchmark_shards(labeled: bool) -> str:
              "width": _CLIP_WIDTH.value, "pairs": _STORED_PAIRS.value, "labeled": labeled}
     if not labeled:
         build["ingestion"] = dataclasses.asdict(VideoClipConfig(clip_length=_CLIP_FRAMES.value,
-                                                                pairs_per_clip=_STORED_PAIRS.value))
+                                                                pairs_per_clip=_STORED_PAIRS.value,
+                                                                flow_stride=_FLOW_STRIDE.value))
     digest = hashlib.sha1(json.dumps(build, sort_keys=True).encode()).hexdigest()[:12]
     out = pathlib.Path(_CACHE_DIR.value) / f"benchmark-{digest}"
     if out.is_dir() and complete_manifest(out, build) is not None:
@@ -143,20 +147,20 @@ def megabytes_per_sample(batch: dict) -> float:
 def main(argv) -> None:
     del argv
     shard_dirs = {labeled: benchmark_shards(labeled) for labeled in (True, False)}
-    decode, decode_cpu = jpeg_decode_rate(shard_dirs[True])
-    print(f"JPEG decode, 1 process: {decode:.0f} frames/s, {decode_cpu:.0f} frames per CPU second, of "
-          f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value}")
     print(f"pipeline: batch {_BATCH.value} x {_NUM_FRAMES.value} frames, {_PAIRS.value} of "
           f"{_STORED_PAIRS.value} stored pairs, output "
-          f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up")
-    print(f"{'samples':>10} {'workers':>8} {'frames/s':>10} {'vs decode':>10} {'per process':>12} "
+          f"{_HEIGHT.value}x{_WIDTH.value}, {_BATCHES.value} batches after {_WARMUP.value} warm-up; JPEG decode of "
+          f"{_CLIP_HEIGHT.value}x{_CLIP_WIDTH.value} frames in 1 process, timed before and after each row")
+    print(f"{'samples':>10} {'workers':>8} {'frames/s':>10} {'decode/s':>10} {'vs decode':>10} {'per process':>12} "
           f"{'CPU vs decode':>14}")
     for labeled in (True, False):
         for workers in (int(w) for w in _WORKERS.value):
+            before = jpeg_decode_rate(shard_dirs[True])
             rate, cpu_rate, batch = pipeline_rate(shard_dirs[labeled], workers, labeled)
+            decode, decode_cpu = np.mean([before, jpeg_decode_rate(shard_dirs[True])], axis=0)
             cpu_ratio = f"{cpu_rate / decode_cpu:.2f}" if workers == 0 else "-"
-            print(f"{'labeled' if labeled else 'flow-only':>10} {workers:>8d} {rate:>10.1f} {rate / decode:>10.2f} "
-                  f"{rate / decode / max(workers, 1):>12.2f} {cpu_ratio:>14}")
+            print(f"{'labeled' if labeled else 'flow-only':>10} {workers:>8d} {rate:>10.1f} {decode:>10.0f} "
+                  f"{rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} {cpu_ratio:>14}")
     print(f"MB per sample: {megabytes_per_sample(batch):.1f} in the wire format, "
           f"{megabytes_per_sample(expand_batch(batch, np)):.1f} in the batch contract")
 

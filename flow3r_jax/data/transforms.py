@@ -114,8 +114,9 @@ class CropResize:
             out[...] = array[:, rows // stride][:, :, cols // stride]
             return out
         cells = np.ascontiguousarray(array).view(unit).reshape(array.shape[:3])
-        # The indices are in range by construction; mode "clip" also writes `out` directly (no buffer).
-        np.take(np.take(cells, rows // stride, axis=1, mode="clip"), cols // stride, axis=2,
+        # Columns first, on the fewer rows of cells; the row gather then copies whole rows. The indices are
+        # in range by construction, and mode "clip" also writes `out` directly (no buffer).
+        np.take(np.take(cells, cols // stride, axis=2, mode="clip"), rows // stride, axis=1,
                 out=out.view(unit).reshape(out.shape[:3]), mode="clip")
         return out
 
