@@ -54,20 +54,23 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
     displacement = ndc_to_pixel(np.asarray(coords, np.float32), height, width) - pixel_grid(height, width, np)
 
     def members(array: np.ndarray, mode: str) -> list[np.ndarray]:
-        """(P, H, W, ...) -> the s^2 arrays (P, Hc, Wc, ...) of the pixel at each offset within its cell,
-        the border cells padded by `mode`."""
-        padded = np.pad(array, pad + ((0, 0),) * (array.ndim - 3), mode=mode)
+        """(P, H, W) -> the s^2 arrays (P, Hc, Wc) of the pixel at each offset within its cell, the border
+        cells padded by `mode`."""
+        padded = np.pad(array, pad, mode=mode)
         return [padded[:, i::stride, j::stride] for i in range(stride) for j in range(stride)]
 
     sizes = np.outer(np.diff(np.append(np.arange(0, height, stride), height)),
                      np.diff(np.append(np.arange(0, width, stride), width)))
-    mean = sum(members(displacement, "constant")) / sizes[:, :, None]
+    planes = [displacement[..., axis] for axis in range(2)]
+    means = [sum(members(plane, "constant")) / sizes for plane in planes]
     # Edge padding repeats border pixels, which changes neither the largest deviation nor the lowest mask.
-    deviation = np.max([np.linalg.norm(m - mean, axis=-1) for m in members(displacement, "edge")], axis=0)
+    squared = np.max([(x - means[0]) ** 2 + (y - means[1]) ** 2
+                      for x, y in zip(*(members(plane, "edge") for plane in planes), strict=True)], axis=0)
     lowest = np.min(members(np.asarray(mask, np.float32), "edge"), axis=0)
+    mean = np.stack(means, axis=-1)
     centres = np.stack(np.meshgrid(cell_centres(width, stride), cell_centres(height, stride)), axis=-1)
     target = pixel_to_ndc(centres + mean, height, width)
-    return target.astype(np.float32), np.where(deviation <= max_error_px, lowest, 0.0).astype(np.float32)
+    return target.astype(np.float32), np.where(squared <= max_error_px ** 2, lowest, 0.0).astype(np.float32)
 
 
 def refine_flow(coords: np.ndarray, mask: np.ndarray, height: int, width: int,
