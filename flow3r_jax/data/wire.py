@@ -30,8 +30,10 @@ is_labeled           ()                   bool     (as the contract)
 normal_ok            ()                   bool     (as the contract)
 pair_indices         (S, 2)               int32    (as the contract)
 flow_quantized       (S, H, W, 2)         int16    stored flow (NDC x FLOW_NDC_SCALE at source size) of
-                                                   the nearest source pixel; 0 for padding pairs
+                                                   the nearest source pixel (flow stored per cell: its
+                                                   cell's, shifted to the pixel); 0 for padding pairs
 flow_mask            (S, H, W)            uint8    stored confidence x 255 of the nearest source pixel
+                                                   (or of its cell)
 pair_stored          (S,)                 bool     False for padding pairs (identity flow, zero mask)
 flow_to_ndc          (2, 2)               float32  per axis (x, y): (scale, offset) from the stored
                                                    integers to NDC of the output image
