@@ -33,11 +33,20 @@ def flow_grid_shape(height: int, width: int, stride: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
+def cell_sizes(size: int, stride: int) -> np.ndarray:
+    """(ceil(size / stride),) pixels of each cell along one axis of `size` pixels: `stride` each, the last
+    one fewer where `stride` does not divide `size`."""
+    return np.diff(np.append(np.arange(0, size, stride), size))
+
+
 def cell_centres(size: int, stride: int) -> np.ndarray:
     """(ceil(size / stride),) float64 mean pixel position of each cell along one axis of `size` pixels."""
-    starts = np.arange(0, size, stride)
-    ends = np.minimum(starts + stride, size)
-    return (starts + ends - 1) / 2.0
+    return np.arange(0, size, stride) + (cell_sizes(size, stride) - 1) / 2.0
+
+
+def _centre_grid(height: int, width: int, stride: int) -> np.ndarray:
+    """(Hc, Wc, 2) pixel position (x, y) of every cell centre."""
+    return np.stack(np.meshgrid(cell_centres(width, stride), cell_centres(height, stride)), axis=-1)
 
 
 def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
@@ -59,17 +68,14 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
         padded = np.pad(array, pad, mode=mode)
         return [padded[:, i::stride, j::stride] for i in range(stride) for j in range(stride)]
 
-    sizes = np.outer(np.diff(np.append(np.arange(0, height, stride), height)),
-                     np.diff(np.append(np.arange(0, width, stride), width)))
+    sizes = np.outer(cell_sizes(height, stride), cell_sizes(width, stride))
     planes = [displacement[..., axis] for axis in range(2)]
     means = [sum(members(plane, "constant")) / sizes for plane in planes]
     # Edge padding repeats border pixels, which changes neither the largest deviation nor the lowest mask.
     squared = np.max([(x - means[0]) ** 2 + (y - means[1]) ** 2
                       for x, y in zip(*(members(plane, "edge") for plane in planes), strict=True)], axis=0)
     lowest = np.min(members(np.asarray(mask, np.float32), "edge"), axis=0)
-    mean = np.stack(means, axis=-1)
-    centres = np.stack(np.meshgrid(cell_centres(width, stride), cell_centres(height, stride)), axis=-1)
-    target = pixel_to_ndc(centres + mean, height, width)
+    target = pixel_to_ndc(_centre_grid(height, width, stride) + np.stack(means, axis=-1), height, width)
     return target.astype(np.float32), np.where(squared <= max_error_px ** 2, lowest, 0.0).astype(np.float32)
 
 
@@ -78,12 +84,10 @@ def refine_flow(coords: np.ndarray, mask: np.ndarray, height: int, width: int,
     """Cells -> full resolution: coords (P, Hc, Wc, 2) NDC cell targets, mask (P, Hc, Wc) -> coords
     (P, H, W, 2) float32 NDC, every pixel moved by its cell's displacement, and mask (P, H, W) float32, its
     cell's confidence."""
-    rows = np.diff(np.append(np.arange(0, height, stride), height))
-    cols = np.diff(np.append(np.arange(0, width, stride), width))
-    centres = np.stack(np.meshgrid(cell_centres(width, stride), cell_centres(height, stride)), axis=-1)
-    displacement = ndc_to_pixel(np.asarray(coords, np.float64), height, width) - centres
-    full = np.repeat(np.repeat(displacement, rows, axis=1), cols, axis=2) + pixel_grid(height, width, np)
-    full_mask = np.repeat(np.repeat(np.asarray(mask, np.float32), rows, axis=1), cols, axis=2)
+    heights, widths = cell_sizes(height, stride), cell_sizes(width, stride)
+    displacement = ndc_to_pixel(np.asarray(coords, np.float64), height, width) - _centre_grid(height, width, stride)
+    full = np.repeat(np.repeat(displacement, heights, axis=1), widths, axis=2) + pixel_grid(height, width, np)
+    full_mask = np.repeat(np.repeat(np.asarray(mask, np.float32), heights, axis=1), widths, axis=2)
     return pixel_to_ndc(full, height, width).astype(np.float32), full_mask
 
 

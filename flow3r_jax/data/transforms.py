@@ -38,8 +38,9 @@ from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
 # exactly 2x it is area averaging), while OpenCV's area averaging at fractional factors costs 3-5x more
 # (392 x 518 frames shrunk 3%: 2.1 ms vs 0.6 ms per frame on one core of the development machine).
 AREA_MIN_SHRINK = 2.0
-# Element types OpenCV resizes, by size (nearest sampling only moves bytes).
-_OPENCV_UNIT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.int32, 8: np.float64}
+# Element types that move a value of that many bytes as one unit (nearest sampling only moves bytes), all of
+# which OpenCV resizes.
+_UNIT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.int32, 8: np.float64}
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
@@ -92,7 +93,7 @@ class CropResize:
         count, trailing = array.shape[0], array.shape[3:]
         if out is None:
             out = np.empty((count, self.out_height, self.out_width) + trailing, array.dtype)
-        unit = _OPENCV_UNIT_OF_SIZE[array.dtype.itemsize]
+        unit = _UNIT_OF_SIZE[array.dtype.itemsize]
         channels = math.prod(trailing)
         window = array[:, self.y0:self.y0 + self.crop_height, self.x0:self.x0 + self.crop_width]
         window = window.view(unit).reshape(window.shape[:3] + ((channels,) if channels > 1 else ()))
@@ -102,17 +103,14 @@ class CropResize:
         return out
 
     def sample_cells(self, array: np.ndarray, stride: int, out: np.ndarray | None = None) -> np.ndarray:
-        """(n, Hf, Wf, ...) values per stride x stride cell of source pixels (flow3r_jax/data/flow_grid.py)
-        -> (n, out_height, out_width, ...) values of the cell holding each output pixel's nearest source
-        pixel (`nearest_source_index`), written into `out` when given (else a new array)."""
+        """(n, Hf, Wf, ...) values per stride x stride cell of source pixels (flow3r_jax/data/flow_grid.py;
+        1, 2, 4 or 8 bytes per cell) -> (n, out_height, out_width, ...) values of the cell holding each output
+        pixel's nearest source pixel (`nearest_source_index`), written into `out` when given (else new)."""
         rows, cols = self.nearest_source_index()
         count, trailing = array.shape[0], array.shape[3:]
         if out is None:
             out = np.empty((count, self.out_height, self.out_width) + trailing, array.dtype)
-        unit = _OPENCV_UNIT_OF_SIZE.get(array.dtype.itemsize * math.prod(trailing))
-        if unit is None:  # no single element type spans a cell's values: index them as they are
-            out[...] = array[:, rows // stride][:, :, cols // stride]
-            return out
+        unit = _UNIT_OF_SIZE[array.dtype.itemsize * math.prod(trailing)]  # one unit per cell
         cells = np.ascontiguousarray(array).view(unit).reshape(array.shape[:3])
         # Columns first, on the fewer rows of cells; the row gather then copies whole rows. The indices are
         # in range by construction, and mode "clip" also writes `out` directly (no buffer).
