@@ -7,13 +7,7 @@ import pytest
 from data_pipelines.pseudo_flow import as_stored_per_cell, flow_accuracy, make_estimator, pseudo_flows
 from flow3r_jax.data.flow_grid import cell_centres, coarsen_flow, flow_grid_shape, refine_flow
 from flow3r_jax.data.synthetic import generate_clip
-from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid, pixel_to_ndc
-
-
-def _ndc_of_displacement(displacement: np.ndarray) -> np.ndarray:
-    """(P, H, W, 2) pixel displacements -> NDC target coordinates."""
-    height, width = displacement.shape[1:3]
-    return pixel_to_ndc(pixel_grid(height, width, np) + displacement, height, width).astype(np.float32)
+from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_flow_to_ndc_coords, pixel_grid
 
 
 def _pixel_error(coords: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -36,10 +30,11 @@ def test_flow_constant_per_cell_comes_back_exactly(stride):
     per_cell = rng.uniform(-6, 6, (2, rows, cols, 2))
     displacement = np.repeat(np.repeat(per_cell, stride, axis=1), stride, axis=2)[:, :height, :width]
     mask = rng.uniform(0.5, 1.0, (2, height, width)).astype(np.float32)
-    coords, cell_mask = coarsen_flow(_ndc_of_displacement(displacement), mask, stride, max_error_px=1e-3)
+    original = pixel_flow_to_ndc_coords(displacement, np).astype(np.float32)
+    coords, cell_mask = coarsen_flow(original, mask, stride, max_error_px=1e-3)
     assert coords.shape == (2, rows, cols, 2) and cell_mask.shape == (2, rows, cols)
     full, full_mask = refine_flow(coords, cell_mask, height, width, stride)
-    assert _pixel_error(full, _ndc_of_displacement(displacement)).max() < 1e-3  # float32 NDC rounding
+    assert _pixel_error(full, original).max() < 1e-3  # float32 NDC rounding
     lowest = np.minimum.reduceat(np.minimum.reduceat(mask, np.arange(0, height, stride), axis=1),
                                  np.arange(0, width, stride), axis=2)
     np.testing.assert_array_equal(cell_mask, lowest)
@@ -52,7 +47,7 @@ def test_cells_across_a_motion_boundary_are_masked_and_kept_pixels_stay_within_t
     smooth = 0.3 * (grid - 5.0)                                     # 0.3 px per px: within 1 px per cell
     jump = np.where(grid[..., :1] >= 7, np.array([4.0, 0.0]), 0.0)  # objects part between columns 6 and 7
     displacement = np.stack([smooth, smooth + jump])
-    full = _ndc_of_displacement(displacement)
+    full = pixel_flow_to_ndc_coords(displacement, np).astype(np.float32)
     coords, mask = coarsen_flow(full, np.ones((2, height, width), np.float32), 2, max_error_px=1.0)
     assert mask[0].min() == 1.0
     np.testing.assert_array_equal(np.flatnonzero(mask[1].min(axis=0) == 0), [3])  # the cells of columns 6, 7

@@ -36,9 +36,9 @@ every array blob is one Blosc2 chunk (LZ4HC level 3, byte shuffle over the eleme
 ``valid_mask[t]``  (H, W) bool as uint8 0/1
 ``flow_coords[p]`` (Hf, Wf, 2) target-image coordinates in NDC (flow3r_jax/geometry/ndc.py) of every pixel
                    (or cell centre) of frame i in frame j, quantized to int16 q = round(x * FLOW_NDC_SCALE)
-                   (step 1/4096 NDC, rounding <= 0.03 px at W = 518). Values must be finite with |x| <= FLOW_NDC_LIMIT
-                   (producers clip the coordinates of pixels that leave the image far behind; those pixels
-                   are not co-visible anyway)
+                   (step 1/4096 NDC, rounding <= 0.03 px at W = 518). Values must be finite with
+                   |x| <= FLOW_NDC_LIMIT (producers clip the coordinates of pixels that leave the image far
+                   behind; those pixels are not co-visible anyway)
 ``flow_mask[p]``   (Hf, Wf) co-visibility / confidence in [0, 1], quantized to uint8 as round(255 m)
 =================  =====================================================================================
 
@@ -326,8 +326,7 @@ def open_clip(data: bytes, where: str = "") -> ClipRecord:
              for k in ("timestamps", "flow_pairs", "intrinsics", "camera_poses")}
     height, width = index["height"], index["width"]
     stride = index.get("flow_stride", 1)
-    if type(stride) is not int or stride < 1:
-        raise RecordError(f"{where}: flow_stride must be a positive integer, got {stride!r}")
+    _check_flow_stride(stride, where)
     blob_area = view[_HEADER.size + index_size:]
     blob_keys = ("frames",) + _PAIR_BLOBS + (_FRAME_BLOBS[1:] if labeled else ())
     blobs = {k: _Blobs(k, table[k], blob_area, where, codec.checksum) for k in blob_keys}
@@ -417,7 +416,7 @@ class _Blobs(Sequence):
 
 
 class _BlobField(FieldReader):
-    """A field of a version 2 or 3 record: one blob per entry, inflated by the version's `_BlobCodec`."""
+    """A field of a version 2 to 4 record: one blob per entry, inflated by the version's `_BlobCodec`."""
 
     def __init__(self, blobs: _Blobs, dtype: np.dtype, entry_shape: tuple[int, ...], codec: _BlobCodec):
         self._blobs, self._dtype, self.entry_shape = blobs, dtype, entry_shape
@@ -503,11 +502,16 @@ def _check_clip(clip: Clip, where: str) -> None:
     labels = [getattr(clip, k) for k in LABEL_KEYS]
     if any(x is not None for x in labels) and any(x is None for x in labels):
         raise RecordError(f"{where}: label fields {LABEL_KEYS} must be all set or all None")
-    if type(clip.flow_stride) is not int or clip.flow_stride < 1:
-        raise RecordError(f"{where}: flow_stride must be a positive integer, got {clip.flow_stride!r}")
+    _check_flow_stride(clip.flow_stride, where)
     shapes = {k: np.shape(getattr(clip, k)) for k in ARRAY_KEYS if getattr(clip, k) is not None}
     check_shapes(where, len(clip.frames), clip.height, clip.width, np.asarray(clip.flow_pairs), shapes,
                  clip.flow_stride)
+
+
+def _check_flow_stride(stride, where: str) -> None:
+    """The writer's and the reader's check of a flow_stride (before it sizes the flow grid)."""
+    if type(stride) is not int or stride < 1:
+        raise RecordError(f"{where}: flow_stride must be a positive integer, got {stride!r}")
 
 
 def check_shapes(where: str, t: int, h: int, w: int, flow_pairs: np.ndarray, shapes: dict,
