@@ -106,6 +106,11 @@ def get_base_config() -> ml_collections.ConfigDict:
         # Output size when neither resolutions nor pixel_range is set; also the evaluation size.
         height=28,
         width=42,
+        # Stored pixels per frame the wire buffers of an H x W batch hold, as a multiple of H x W
+        # (flow3r_jax/data/wire.py): frames, labels and flow grids up to that size ship as stored and the
+        # device resamples them; larger ones (and frames shrunk more than 2x) are resampled on the host.
+        # Larger values move the host's resize to the device for more sources at more link bytes.
+        wire_source_area=1.25,
         # Explicit ((N, H, W), ...) buckets; empty: every frame count x every resolution below.
         buckets=(),
         # Frame counts N of the buckets; empty: (num_frames,). A clip shorter than its batch's N is a corrupt

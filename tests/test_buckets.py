@@ -33,7 +33,7 @@ def data_cfg(tmp_path_factory):
 
 
 def test_schedule_is_a_function_of_seed_and_step():
-    buckets = [Bucket(2, 28, 42, 2, 8), Bucket(3, 28, 42, 2, 4), Bucket(2, 42, 28, 2, 16)]
+    buckets = [Bucket(2, 28, 42, 2, 8, 1176), Bucket(3, 28, 42, 2, 4, 1176), Bucket(2, 42, 28, 2, 16, 1176)]
     steps = np.arange(3000)
     reference = BucketSchedule(buckets, seed=7)
     drawn = np.array([reference.bucket_index(int(s)) for s in steps])
@@ -106,8 +106,9 @@ def test_pipeline_builds_each_bucket_with_consistent_labels_and_hosts_agree(data
     for step in range(steps):
         batch = next(one_host)
         bucket = schedule.bucket(step)
-        assert batch["images"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 3)
-        assert batch["flow_quantized"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 2)
+        assert batch["images"].shape == (2, bucket.num_frames, bucket.source_pixels, 3)
+        assert batch["source_rows"].shape == (2, bucket.height) and batch["source_cols"].shape == (2, bucket.width)
+        assert batch["flow_quantized"].shape == (2, bucket.num_frames, bucket.source_pixels, 2)
         parts = [next(h) for h in hosts]
         for key in batch:
             np.testing.assert_array_equal(np.stack([parts[0][key][0], parts[1][key][0]]), batch[key], err_msg=key)

@@ -15,7 +15,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from support import data_config, reprojection_errors, with_values
 
 from flow3r_jax.data import pipeline
-from flow3r_jax.data.buckets import train_buckets
+from flow3r_jax.data.buckets import train_buckets, wire_source_pixels
 from flow3r_jax.data.records import RecordError, decode_clip, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.samples import SAMPLE_CONTRACT, build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
@@ -28,6 +28,9 @@ from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid, pixel_to_ndc
 
 N, S, H, W = 3, 2, 28, 42
 NUM_TRAIN = 12
+# Wire buffers of the output size (every per-pixel field resampled on the host) and of the 42 x 56 stored
+# frames (every field shipped as stored and sampled by `expand_batch`).
+HOST_RESAMPLED, AS_STORED = H * W, 42 * 56
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,8 @@ def data_cfg(tmp_path_factory):
     cfg = data_config(cache_dir=str(tmp_path_factory.mktemp("synthetic")), num_frames=N, pairs_per_sample=S,
                       height=H, width=W, num_train_clips=NUM_TRAIN, num_eval_clips=5, synthetic_num_shards=3,
                       synthetic_height=42, synthetic_width=56, synthetic_frames_per_clip=4,
-                      synthetic_pairs_per_clip=5, crop_scale_range=(0.6, 1.0))
-    ensure_synthetic_dataset(cfg)
+                      synthetic_pairs_per_clip=5, crop_scale_range=(0.6, 1.0), wire_source_area=2.0)
+    ensure_synthetic_dataset(cfg)  # wire buffers of 2 x 28 x 42 = 42 x 56 pixels: the stored frames ship
     return cfg
 
 
@@ -68,7 +71,7 @@ def _assert_same(batches_a, batches_b):
 def test_train_batch_matches_the_wire_and_batch_contracts(data_cfg):
     wire = _batches(data_cfg, 1)[0]
     assert set(wire) == set(WIRE_CONTRACT)
-    for key, (shape, dtype) in wire_batch_shapes(4, N, S, H, W).items():
+    for key, (shape, dtype) in wire_batch_shapes(4, N, S, H, W, wire_source_pixels(data_cfg, H, W)).items():
         assert wire[key].shape == shape and wire[key].dtype == dtype, key
     batch = expand_batch(wire, np)
     expected = {"images": ((4, N, H, W, 3), np.float32), "depth": ((4, N, H, W), np.float32),
@@ -127,10 +130,12 @@ def _reference_sample(clip, selection, crop, jitter):
             "flow_coords": coords, "flow_mask": mask}, border
 
 
-def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(data_cfg):
-    """Real records, random and centre crops, with and without colour jitter, with padding pairs: the wire
-    sample expanded with numpy equals the contract computed from the fully decoded record within the
-    stated tolerances, and jax.numpy (jitted) gives the numpy result within float32 rounding."""
+@pytest.mark.parametrize("source_pixels", [HOST_RESAMPLED, AS_STORED])
+def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(data_cfg, source_pixels):
+    """Real records, random and centre crops, with and without colour jitter, with padding pairs, each
+    per-pixel field resampled on the host or shipped as stored: the wire sample expanded with numpy
+    equals the contract computed from the fully decoded record within the stated tolerances, and
+    jax.numpy (jitted) gives the numpy result within float32 rounding."""
     records = _train_records(data_cfg)
     expand_on_device = jax.jit(lambda wire: expand_batch(wire, jnp))
     padded = 0
@@ -141,7 +146,9 @@ def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(d
         crop = center_crop((clip.height, clip.width), (H, W)) if index == 0 else \
             random_crop((clip.height, clip.width), (H, W), (0.6, 1.0), rng)
         jitter = ColorJitter(1.2, 0.8, 1.3, 0.1) if index == 2 else None
-        wire = {k: v[None] for k, v in build_sample(clip, selection, crop, jitter, True, clip.where).items()}
+        sample = build_sample(clip, selection, crop, jitter, True, clip.where, source_pixels)
+        wire = {k: v[None] for k, v in sample.items()}
+        assert wire["image_row_weights"].any() == (source_pixels == AS_STORED)  # the device blends rows
         got = {k: v[0] for k, v in expand_batch(wire, np).items()}
         on_device = {k: np.asarray(v[0]) for k, v in expand_on_device(wire).items()}
         for key, (_, dtype) in SAMPLE_CONTRACT.items():
@@ -149,10 +156,12 @@ def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(d
             np.testing.assert_allclose(on_device[key], got[key], rtol=1e-6, atol=1e-6, err_msg=key)
         reference, border = _reference_sample(full, selection, crop, jitter)
         if jitter is None:
-            # OpenCV's uint8 area resize rounds to integers: 0.5 / 255 from the float32 resize
-            np.testing.assert_allclose(got["images"], reference["images"], rtol=0, atol=1 / 255 + 1e-6)
+            # OpenCV's uint8 resize rounds to integers (0.5 / 255 from the float32 resize); the device's
+            # float32 blend of stored pixels agrees with it to float32 rounding
+            tolerance = 1 / 255 + 1e-6 if source_pixels == HOST_RESAMPLED else 1e-5
+            np.testing.assert_allclose(got["images"], reference["images"], rtol=0, atol=tolerance)
         else:
-            assert not np.allclose(got["images"], wire["images"][0] / 255.0, atol=0.02)
+            assert not np.allclose(got["images"], reference["images"], atol=0.02)
         np.testing.assert_array_equal(got["depth"], reference["depth"])  # float16 storage is exact in float32
         np.testing.assert_array_equal(got["valid_mask"], reference["valid_mask"])
         scale = np.abs(reference["points"]).max()
@@ -167,9 +176,29 @@ def test_expanded_wire_samples_match_the_reference_contract_with_numpy_and_jax(d
     assert padded > 0
 
 
-def test_samples_built_in_place_overwrite_every_byte(data_cfg):
+def test_frames_shrunk_beyond_the_bilinear_range_are_area_averaged_on_the_host(data_cfg):
+    """A crop shrunk more than AREA_MIN_SHRINK: the frames are resized on the host (area averaging, within
+    OpenCV's uint8 rounding of the float32 reference) while the labels and flow still ship as stored and
+    equal the reference's."""
+    clip, full = (f(_train_records(data_cfg)[0]) for f in (open_clip, decode_clip))
+    selection = select_frames_and_pairs(clip.num_frames, clip.flow_pairs, N, S, None)
+    crop = center_crop((clip.height, clip.width), (14, 14))
+    assert max(crop.crop_width / 14, crop.crop_height / 14) > AREA_MIN_SHRINK
+    wire = {k: v[None] for k, v in build_sample(clip, selection, crop, None, True, clip.where, AS_STORED).items()}
+    assert not wire["image_row_weights"].any()
+    np.testing.assert_array_equal(wire["label_rows"][0], crop.nearest_source_index()[0] * clip.width)
+    got = {k: v[0] for k, v in expand_batch(wire, np).items()}
+    reference, border = _reference_sample(full, selection, crop, None)
+    np.testing.assert_allclose(got["images"], reference["images"], rtol=0, atol=1 / 255 + 1e-6)
+    np.testing.assert_array_equal(got["depth"], reference["depth"])
+    np.testing.assert_array_equal(got["flow_mask"][~border], reference["flow_mask"][~border].astype(np.float32))
+
+
+@pytest.mark.parametrize("source_pixels", [HOST_RESAMPLED, AS_STORED])
+def test_samples_built_in_place_overwrite_every_byte(data_cfg, source_pixels):
     """Building into arrays full of garbage (one slot of a batch, as the pipeline does) gives exactly the
-    sample built into new arrays, for labeled and unlabeled sources and with padding pairs."""
+    sample built into new arrays, for labeled and unlabeled sources, with padding pairs, with the fields
+    resampled on the host or shipped as stored."""
     records = _train_records(data_cfg)
     for index, labeled in ((0, True), (1, False)):
         clip = open_clip(records[index], f"train#{index}")
@@ -177,13 +206,15 @@ def test_samples_built_in_place_overwrite_every_byte(data_cfg):
         selection = select_frames_and_pairs(clip.num_frames, clip.flow_pairs, N, 8, rng)
         assert np.any(selection.pair_rows < 0) and np.any(selection.pair_rows >= 0)  # N frames have < 8 pairs
         crop = random_crop((clip.height, clip.width), (H, W), (0.6, 1.0), rng)
-        fresh = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where)
-        shapes = wire_batch_shapes(1, N, 8, H, W)
+        fresh = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where,
+                             source_pixels)
+        shapes = wire_batch_shapes(1, N, 8, H, W, source_pixels)
         batch = {key: np.empty((2,) + shape[1:], dtype) for key, (shape, dtype) in shapes.items()}
         for array in batch.values():
             array.reshape(-1).view(np.uint8)[:] = 0xA5
         slot = {key: array[1, ...] for key, array in batch.items()}
-        built = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where, slot)
+        built = build_sample(clip, selection, crop, ColorJitter(1.1, 0.9, 1.2, 0.05), labeled, clip.where,
+                             source_pixels, slot)
         for key, array in fresh.items():
             np.testing.assert_array_equal(batch[key][1], array, err_msg=key)
             assert built[key].base is not None and np.shares_memory(built[key], batch[key]), key
@@ -196,7 +227,7 @@ def test_singular_intrinsics_raise_naming_the_record(data_cfg):
     selection = select_frames_and_pairs(record.num_frames, record.flow_pairs, record.num_frames, S, None)
     crop = center_crop((record.height, record.width), (H, W))
     with pytest.raises(RecordError, match="train#0: the record's intrinsics are not invertible"):
-        build_sample(record, selection, crop, None, True, record.where)
+        build_sample(record, selection, crop, None, True, record.where, HOST_RESAMPLED)
 
 
 def test_cropped_labels_reproject_onto_cropped_flow(data_cfg):

@@ -31,6 +31,7 @@ from flow3r_jax.data.shard_reader import read_clips
 from flow3r_jax.data.shard_writer import WRITER_OPTIONS, finished_shard, shard_filename, write_shard
 from flow3r_jax.data.synthetic import synthetic_record
 from flow3r_jax.data.transforms import random_color_jitter, random_crop
+from flow3r_jax.data.wire import expand_batch
 
 _HEADER = struct.Struct("<4sHII")
 
@@ -213,14 +214,15 @@ def test_older_versions_decode_to_the_current_values(labeled_clip):
             _assert_clips_equal(decode_clip(old, "old#0"), new)
 
 
-def test_every_version_gives_identical_samples(labeled_clip):
+@pytest.mark.parametrize("source_pixels", [14 * 28, 28 * 42])  # labels and flow resampled here / as stored
+def test_every_version_gives_identical_samples(labeled_clip, source_pixels):
     records = [open_clip(encode(labeled_clip), f"{name}#0") for name, encode in ENCODERS.items()]
     for index in range(3):
         rng = sample_rng(7, index)
         selection = select_frames_and_pairs(4, labeled_clip.flow_pairs, 3, 2, rng)
         crop = random_crop((28, 42), (14, 28), (0.6, 1.0), rng)
         jitter = random_color_jitter(rng, 0.2, 0.2, 0.2, 0.02)
-        new, *olds = (build_sample(r, selection, crop, jitter, True, r.where) for r in records)
+        new, *olds = (build_sample(r, selection, crop, jitter, True, r.where, source_pixels) for r in records)
         for old in olds:
             for key in new:
                 np.testing.assert_array_equal(old[key], new[key], err_msg=key)
@@ -367,9 +369,11 @@ def test_flow_per_cell_round_trip_and_errors(labeled_clip):
 
 
 @pytest.mark.parametrize("size", [(28, 42), (27, 41)])
-def test_samples_of_flow_per_cell_equal_those_of_its_full_resolution_expansion(size):
-    """A sample moves every pixel with its cell: the same flow integers (to the rounding of the cell-to-pixel
-    shift, 1 integer = 1 / FLOW_NDC_SCALE NDC) and masks as the per-pixel record of `refine_flow`."""
+@pytest.mark.parametrize("source_pixels", [14 * 28, 28 * 42])  # flow cells gathered here / as stored
+def test_samples_of_flow_per_cell_equal_those_of_its_full_resolution_expansion(size, source_pixels):
+    """A sample moves every pixel with its cell: the same flow targets (to the rounding of the cell-to-pixel
+    shift, 1 integer = 1 / FLOW_NDC_SCALE NDC before the crop's scale) and masks as the per-pixel record of
+    `refine_flow`, and every other key of the batch contract equal."""
     height, width = size
     full = synthetic_record(seed=3, height=height, width=width, num_frames=4, num_pairs=3, dynamic=True,
                             image_format="png")
@@ -381,8 +385,10 @@ def test_samples_of_flow_per_cell_equal_those_of_its_full_resolution_expansion(s
         rng = sample_rng(11, index)
         selection = select_frames_and_pairs(4, full.flow_pairs, 3, 2, rng)
         crop = random_crop(size, (14, 28), (0.6, 1.0), rng)
-        from_cells, from_pixels = (build_sample(r, selection, crop, None, True, r.where) for r in records)
-        difference = from_cells["flow_quantized"].astype(np.int32) - from_pixels["flow_quantized"]
-        assert np.abs(difference).max() <= 1
-        for key in from_cells.keys() - {"flow_quantized"}:
+        wires = [build_sample(r, selection, crop, None, True, r.where, source_pixels) for r in records]
+        from_cells, from_pixels = (expand_batch({k: v[None] for k, v in w.items()}, np) for w in wires)
+        one_integer = wires[0]["flow_to_ndc"][:, 0]
+        difference = np.abs(from_cells["flow_coords"] - from_pixels["flow_coords"])
+        assert np.all(difference <= one_integer + 2e-6)  # plus float32 rounding of NDC values up to 8
+        for key in from_cells.keys() - {"flow_coords"}:
             np.testing.assert_array_equal(from_cells[key], from_pixels[key], err_msg=key)

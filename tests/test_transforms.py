@@ -2,6 +2,7 @@
 the step-by-step formulas they replace (float64 or per-step float32 references written out here), with the
 stated float32 tolerances; label selection must match exactly."""
 
+import cv2
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -144,6 +145,26 @@ def test_nearest_sampling_moves_whole_pixels():
                   rng.integers(-999, 999, (2,) + SOURCE_HW + (2,)).astype(np.int16),
                   rng.normal(size=(2,) + SOURCE_HW + (3,)).astype(np.float32)):
         np.testing.assert_array_equal(crop.sample_nearest(array), array[:, rows][:, :, cols])
+
+
+@pytest.mark.parametrize("out_hw", [(42, 56), (70, 90), (20, 30)])  # shrink, enlarge, shrink near 2x
+def test_linear_taps_blend_as_opencv_resizes(out_hw):
+    """Two taps per row and column with the second's weight reproduce OpenCV's INTER_LINEAR resize of the
+    crop window on float32 frames (tolerance: float32 rounding of values up to 255), borders included."""
+    rng = np.random.default_rng(6)
+    frame = rng.uniform(0, 255, SOURCE_HW + (3,)).astype(np.float32)
+    for scale in (0.5, 0.8, 1.0):
+        crop = random_crop(SOURCE_HW, out_hw, (scale, scale), rng)
+        (rows, row_weights), (cols, col_weights) = crop.linear_taps()
+        assert rows.min() >= crop.y0 and rows.max() < crop.y0 + crop.crop_height
+        assert cols.min() >= crop.x0 and cols.max() < crop.x0 + crop.crop_width
+        across = col_weights[None, :, None]
+        top, bottom = (frame[r][:, cols[:, 0]] + (frame[r][:, cols[:, 1]] - frame[r][:, cols[:, 0]]) * across
+                       for r in (rows[:, 0], rows[:, 1]))
+        blended = top + (bottom - top) * row_weights[:, None, None]
+        window = frame[crop.y0:crop.y0 + crop.crop_height, crop.x0:crop.x0 + crop.crop_width]
+        expected = cv2.resize(window, out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(blended, expected, rtol=0, atol=1e-3)
 
 
 def test_nearest_source_index_is_a_nearest_pixel():

@@ -19,6 +19,10 @@ once and repeated into `--clips` records in `--cache_dir`, reused by later runs 
 costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to every sample
 that a dataset of realistic size does not pay).
 
+With the default `--wire_source_area` the stored frames, labels and flow fit the wire buffers and ship as
+they are (the device resamples them); `--wire_source_area=1` makes the host resample every field, as
+for sources larger than the buffers.
+
     python tools/benchmark_data.py --workers=0,1,2
 """
 
@@ -39,7 +43,7 @@ from configs import common
 from data_pipelines.pseudo_flow import make_estimator
 from data_pipelines.video import VideoClipConfig, unlabeled_clip
 from flow3r_jax.data import pipeline
-from flow3r_jax.data.buckets import Bucket
+from flow3r_jax.data.buckets import Bucket, wire_source_pixels
 from flow3r_jax.data.records import RECORD_VERSION, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.shard_reader import ShardRecords
 from flow3r_jax.data.shard_writer import complete_manifest, write_manifest, write_shard
@@ -66,6 +70,9 @@ _BATCH = flags.DEFINE_integer("batch", 2, "samples per batch")
 _BATCHES = flags.DEFINE_integer("batches", 10, "timed batches per worker count")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "batches before timing")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time")
+_WIRE_SOURCE_AREA = flags.DEFINE_float("wire_source_area", common.get_base_config().data.wire_source_area,
+                                       "data.wire_source_area (flow3r_jax/data/wire.py): 1 resamples every "
+                                       "field on the host, the default ships the stored frames for the device")
 
 
 def benchmark_shards(labeled: bool) -> str:
@@ -125,8 +132,10 @@ def pipeline_rate(shard_dir: str, workers: int, labeled: bool) -> tuple[float, f
     Grain worker processes over the shards declared `labeled` or not, and its last (wire) batch."""
     data_cfg = common.get_base_config().data
     data_cfg.update(sources=({"path": shard_dir, "labeled": labeled},), num_frames=_NUM_FRAMES.value,
-                    pairs_per_sample=_PAIRS.value, height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers)
-    bucket = Bucket(_NUM_FRAMES.value, _HEIGHT.value, _WIDTH.value, _PAIRS.value, _BATCH.value)
+                    pairs_per_sample=_PAIRS.value, height=_HEIGHT.value, width=_WIDTH.value, worker_count=workers,
+                    wire_source_area=_WIRE_SOURCE_AREA.value)
+    bucket = Bucket(_NUM_FRAMES.value, _HEIGHT.value, _WIDTH.value, _PAIRS.value, _BATCH.value,
+                    wire_source_pixels(data_cfg, _HEIGHT.value, _WIDTH.value))
     iterator = pipeline.make_train_iterator(data_cfg, buckets=[bucket], seed=0, process_index=0, process_count=1)
     for _ in range(_WARMUP.value):
         next(iterator)

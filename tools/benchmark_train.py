@@ -44,35 +44,52 @@ GIB = 1024 ** 3
 
 
 def random_batch(spec: dict, seed: int = 0) -> dict:
-    """A labeled wire batch (flow3r_jax/data/wire.py) of the given shapes: random images, depth in [1, 3]
-    seen by identity-pose cameras with a nominal pinhole, pairs (i, i + 1), identity flow (quantized),
-    full masks."""
+    """A labeled wire batch (flow3r_jax/data/wire.py) of the given shapes, laid out as resampled on the host
+    (identity offsets, every buffer's slots used): random images, depth in [1, 3] seen by identity-pose
+    cameras with a nominal pinhole, pairs (i, i + 1), identity flow (quantized), full masks."""
     import numpy as np
 
     from flow3r_jax.data.records import FLOW_NDC_SCALE
     from flow3r_jax.geometry import ndc
 
     rng = np.random.default_rng(seed)
-    b, n, h, w, _ = spec["images"].shape
+    b, n, p, _ = spec["images"].shape
+    h, w = spec["source_rows"].shape[1], spec["source_cols"].shape[1]
     s = spec["pair_indices"].shape[1]
     intrinsics = np.array([[w, 0, (w - 1) / 2], [0, w, (h - 1) / 2], [0, 0, 1]], np.float32)
     pairs = np.stack([np.arange(s) % n, (np.arange(s) + 1) % n], axis=-1).astype(np.int32)
     identity = np.round(ndc.pixel_to_ndc(ndc.pixel_grid(h, w, np), h, w) * FLOW_NDC_SCALE).astype(np.int16)
+    flow = np.zeros((b, s, p, 2), np.int16)
+    flow[:, :, :h * w] = identity.reshape(h * w, 2)
+
+    def per_sample(values, dtype=np.int32):
+        return np.broadcast_to(np.asarray(values, dtype), (b,) + np.shape(values)).copy()
+    rows, cols = np.arange(h) * w, np.arange(w)
     return {
-        "images": rng.integers(0, 256, (b, n, h, w, 3)).astype(np.uint8),
+        "images": rng.integers(0, 256, (b, n, p, 3)).astype(np.uint8),
+        "image_rows": per_sample(np.stack([rows, rows], -1)),
+        "image_row_weights": per_sample(np.zeros(h), np.float32),
+        "image_cols": per_sample(np.stack([cols, cols], -1)),
+        "image_col_weights": per_sample(np.zeros(w), np.float32),
         "color_transform": np.broadcast_to(np.eye(3, 4, dtype=np.float32), (b, n, 3, 4)).copy(),
-        "depth": rng.uniform(1.0, 3.0, (b, n, h, w)).astype(np.float16),
-        "valid_mask": np.ones((b, n, h, w), bool),
-        "source_rows": np.broadcast_to(np.arange(h, dtype=np.int32), (b, h)).copy(),
-        "source_cols": np.broadcast_to(np.arange(w, dtype=np.int32), (b, w)).copy(),
+        "depth": rng.uniform(1.0, 3.0, (b, n, p)).astype(np.float16),
+        "valid_mask": np.ones((b, n, p), np.uint8),
+        "label_rows": per_sample(rows),
+        "label_cols": per_sample(cols),
+        "source_rows": per_sample(np.arange(h)),
+        "source_cols": per_sample(cols),
         "pixel_to_world": np.broadcast_to(np.linalg.inv(intrinsics), (b, n, 3, 3)).copy(),
         "camera_poses": np.broadcast_to(np.eye(4, dtype=np.float32), (b, n, 4, 4)).copy(),
         "intrinsics": np.broadcast_to(intrinsics, (b, n, 3, 3)).copy(),
         "is_labeled": np.ones((b,), bool),
         "normal_ok": np.ones((b,), bool),
         "pair_indices": np.broadcast_to(pairs, (b, s, 2)).copy(),
-        "flow_quantized": np.broadcast_to(identity, (b, s, h, w, 2)).copy(),
-        "flow_mask": np.full((b, s, h, w), 255, np.uint8),
+        "flow_quantized": flow,
+        "flow_mask": np.full((b, s, p), 255, np.uint8),
+        "flow_rows": per_sample(rows),
+        "flow_cols": per_sample(cols),
+        "flow_row_shift": per_sample(np.zeros(h)),
+        "flow_col_shift": per_sample(np.zeros(w)),
         "pair_stored": np.ones((b, s), bool),
         "flow_to_ndc": np.broadcast_to(np.array([[1.0, 0.0], [1.0, 0.0]], np.float32) / [[FLOW_NDC_SCALE, 1.0]],
                                        (b, 2, 2)).astype(np.float32),
@@ -85,13 +102,15 @@ def benchmark_one(config, remat: str, frames: int, height: int, width: int, batc
     import jax
 
     from flow3r_jax import perf, sharding
+    from flow3r_jax.data.buckets import Bucket, wire_source_pixels
     from flow3r_jax.models import flops
     from flow3r_jax.train import setup
 
     config.model.remat_policy = remat
     config.global_batch_size = batch
     program = setup.build_program(config, sharding.make_mesh(*mesh_sizes))
-    spec = program.batch_spec(batch, frames, config.data.pairs_per_sample, height, width)
+    spec = program.bucket_spec(Bucket(frames, height, width, config.data.pairs_per_sample, batch,
+                                      wire_source_pixels(config.data, height, width)))
     start = time.perf_counter()
     compiled = program.compile(spec)
     compile_s = time.perf_counter() - start

@@ -1,8 +1,9 @@
 """Shape buckets: the static shapes training batches take, their batch sizes, and the bucket of each step.
 
 A bucket is one static global batch shape: `batch_size` clips of `num_frames` frames at height x width
-with `num_pairs` flow pairs each. Every global batch comes from one bucket, so the train step compiles
-once per bucket and never again.
+with `num_pairs` flow pairs each, whose wire buffers hold `source_pixels` stored pixels per frame
+(flow3r_jax/data/wire.py; `wire_source_pixels`). Every global batch comes from one bucket, so the train
+step compiles once per bucket and never again.
 
 Bucket set (data config keys, defaults and meaning in configs/common.py):
   - explicit `data.buckets` ((N, H, W), ...), else the product of
@@ -32,6 +33,7 @@ continues the same schedule.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -41,13 +43,15 @@ CHUNK_STEPS = 1024
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Bucket:
-    """One static global batch shape: batch_size clips x num_frames frames x height x width, num_pairs pairs."""
+    """One static global batch shape: batch_size clips x num_frames frames x height x width, num_pairs pairs,
+    wire buffers of source_pixels stored pixels per frame."""
 
     num_frames: int
     height: int
     width: int
     num_pairs: int
     batch_size: int
+    source_pixels: int
 
     def tokens(self, patch_size: int) -> int:
         """Patch tokens of one clip."""
@@ -108,6 +112,15 @@ def bucket_shapes(data_cfg) -> list[tuple[int, int, int]]:
     return shapes
 
 
+def wire_source_pixels(data_cfg, height: int, width: int) -> int:
+    """Stored pixels per frame the wire buffers of height x width batches hold: ceil(data.wire_source_area
+    x height x width), at least height x width (what the host resamples to)."""
+    area = float(data_cfg.wire_source_area)
+    if area < 1.0:
+        raise ValueError(f"data.wire_source_area={area}: must be at least 1 (the buffers hold the output frame)")
+    return math.ceil(area * height * width)
+
+
 def num_pairs(data_cfg, num_frames: int) -> int:
     """Flow pairs per clip of `num_frames` frames (module docstring)."""
     if data_cfg.pairs_per_frame > 0:
@@ -126,7 +139,8 @@ def train_buckets(data_cfg, *, global_batch_size: int, batch_devices: int = 1, g
     token_budget, image_budget = int(data_cfg.tokens_per_device), int(data_cfg.images_per_device)
     out = []
     for n, h, w in bucket_shapes(data_cfg):
-        bucket = Bucket(num_frames=n, height=h, width=w, num_pairs=num_pairs(data_cfg, n), batch_size=0)
+        bucket = Bucket(num_frames=n, height=h, width=w, num_pairs=num_pairs(data_cfg, n), batch_size=0,
+                        source_pixels=wire_source_pixels(data_cfg, h, w))
         if token_budget > 0 or image_budget > 0:
             per_device = min(token_budget // bucket.tokens(patch) if token_budget > 0 else np.inf,
                              image_budget // n if image_budget > 0 else np.inf)

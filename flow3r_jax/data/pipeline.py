@@ -1,8 +1,9 @@
 """Grain input pipeline: clip shards -> batches of numpy arrays, per host.
 
-Training batches are wire batches (flow3r_jax/data/wire.py WIRE_CONTRACT: uint8 images, stored labels and
-flow, per-sample maps), which the train step expands into the batch contract on the device; evaluation
-batches are expanded on the host (`expand_batch` with numpy) and are in the batch contract.
+Training batches are wire batches (flow3r_jax/data/wire.py WIRE_CONTRACT: decoded frames, stored labels
+and flow with the index vectors that sample them, per-sample maps), which the train step expands into the
+batch contract on the device; evaluation batches are expanded on the host (`expand_batch` with numpy)
+and are in the batch contract.
 
 Training stream (`make_train_iterator`), for sources s = 0..K-1:
 
@@ -45,7 +46,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from flow3r_jax.data.buckets import Bucket, BucketSchedule, bucket_shapes
+from flow3r_jax.data.buckets import Bucket, BucketSchedule, bucket_shapes, wire_source_pixels
 from flow3r_jax.data.records import RecordError, open_clip
 from flow3r_jax.data.samples import build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
@@ -130,7 +131,8 @@ def make_eval_dataset(data_cfg, *, batch_size: int, process_index: int = 0,
                              train=False, seed=0)
     height, width = eval_resolution(data_cfg)
     shape = Bucket(num_frames=int(data_cfg.num_frames), height=height, width=width,
-                   num_pairs=int(data_cfg.pairs_per_sample), batch_size=batch_size)
+                   num_pairs=int(data_cfg.pairs_per_sample), batch_size=batch_size,
+                   source_pixels=wire_source_pixels(data_cfg, height, width))
     records = grain.MapDataset.concatenate([grain.MapDataset.source(src).map(functools.partial(_tag_source, k))
                                             for k, src in enumerate(readers)])
     host = records[process_index::process_count]
@@ -167,7 +169,7 @@ def _sample_spec(data_cfg, train: bool) -> SampleSpec:
 
 class _SampleBuilder:
     """(bucket, global sample index, (source number, RawRecord)) -> wire sample of the bucket's N frames,
-    S pairs and H x W (the bucket's batch size is not used here).
+    S pairs, H x W and stored pixels per frame (the bucket's batch size is not used here).
 
     Training builders (spec.jitter / random crops) draw every random choice from sample_rng(seed, index);
     evaluation builders use centre crops and the deterministic frame selection.
@@ -212,7 +214,8 @@ class _SampleBuilder:
         crop = center_crop(source_hw, out_hw) if rng is None else \
             random_crop(source_hw, out_hw, self._spec.crop_scale_range, rng)
         jitter = None if rng is None or self._spec.jitter is None else random_color_jitter(rng, *self._spec.jitter)
-        return build_sample(clip, selection, crop, jitter, self._labeled[source], record.where, out)
+        return build_sample(clip, selection, crop, jitter, self._labeled[source], record.where, shape.source_pixels,
+                            out)
 
 
 class _HostBatch:
@@ -235,7 +238,8 @@ class _HostBatch:
         bucket = self._schedule.bucket(step)
         first = self._schedule.first_sample(step) + self._process_index
         indices = range(first, first + bucket.batch_size, self._process_count)
-        batch = empty_wire_batch(len(indices), bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width)
+        batch = empty_wire_batch(len(indices), bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width,
+                                 bucket.source_pixels)
         skipped = np.zeros(len(indices), np.int32)
         for slot, g in enumerate(indices):
             sample = self._builder(bucket, g, self._mixed[g], {key: array[slot, ...] for key, array in batch.items()})

@@ -213,9 +213,10 @@ class FieldReader(abc.ABC):
     """Decodes entries of one large field of a record on demand."""
 
     @abc.abstractmethod
-    def entries(self, indices: np.ndarray) -> np.ndarray:
+    def entries(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(n,) valid entry indices -> stored values: (n, H, W) float16 depth / uint8 valid masks, or
-        (n, Hf, Wf, 2) int16 quantized NDC flow / (n, Hf, Wf) uint8 flow confidence on the flow grid."""
+        (n, Hf, Wf, 2) int16 quantized NDC flow / (n, Hf, Wf) uint8 flow confidence on the flow grid;
+        written into `out` (that shape and dtype, each entry contiguous) when given, else new."""
 
 
 @dataclasses.dataclass
@@ -251,18 +252,26 @@ class ClipRecord:
         """(n,) clip frame indices -> (n, H, W) float32 z-depth, 0 = unknown."""
         return self._entries("depth", frames).astype(np.float32)
 
-    def decode_depth_float16(self, frames) -> np.ndarray:
-        """(n,) clip frame indices -> (n, H, W) float16 z-depth as stored (exact; cheaper to resample)."""
-        return self._entries("depth", frames)
+    def decode_depth_float16(self, frames, out: np.ndarray | None = None) -> np.ndarray:
+        """(n,) clip frame indices -> (n, H, W) float16 z-depth as stored (exact; cheaper to resample),
+        written into `out` when given (entries contiguous, as `FieldReader.entries`)."""
+        return self._entries("depth", frames, out)
 
     def decode_valid_mask(self, frames) -> np.ndarray:
         """(n,) clip frame indices -> (n, H, W) bool stored validity."""
         return self._entries("valid_mask", frames).astype(bool)
 
-    def decode_flow_quantized(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
+    def decode_valid_mask_uint8(self, frames, out: np.ndarray | None = None) -> np.ndarray:
+        """(n,) clip frame indices -> (n, H, W) uint8 stored validity (nonzero = valid), into `out` when given."""
+        return self._entries("valid_mask", frames, out)
+
+    def decode_flow_quantized(self, pair_rows, out: tuple[np.ndarray, np.ndarray] | None = None
+                              ) -> tuple[np.ndarray, np.ndarray]:
         """(s,) rows of `flow_pairs` -> stored flow on the flow grid: coords (s, Hf, Wf, 2) int16, NDC x
-        FLOW_NDC_SCALE; mask (s, Hf, Wf) uint8, confidence x 255."""
-        return self._entries("flow_coords", pair_rows), self._entries("flow_mask", pair_rows)
+        FLOW_NDC_SCALE; mask (s, Hf, Wf) uint8, confidence x 255; written into `out` = (coords, mask)
+        when given (entries contiguous, as `FieldReader.entries`)."""
+        coords_out, mask_out = (None, None) if out is None else out
+        return self._entries("flow_coords", pair_rows, coords_out), self._entries("flow_mask", pair_rows, mask_out)
 
     def decode_flow(self, pair_rows) -> tuple[np.ndarray, np.ndarray]:
         """(s,) rows of `flow_pairs` -> flow_coords (s, Hf, Wf, 2) float32 NDC, flow_mask (s, Hf, Wf) float32."""
@@ -270,14 +279,14 @@ class ClipRecord:
         coords = np.divide(quantized, np.float32(FLOW_NDC_SCALE), dtype=np.float32)
         return coords, np.divide(mask, np.float32(255.0), dtype=np.float32)
 
-    def _entries(self, key: str, indices) -> np.ndarray:
+    def _entries(self, key: str, indices, out: np.ndarray | None = None) -> np.ndarray:
         if key not in self.fields:
             raise RecordError(f"{self.where}: the record has no {key} (unlabeled clip)")
         indices = np.asarray(indices, np.int64).reshape(-1)
         count = self.num_frames if key in _FRAME_BLOBS else len(self.flow_pairs)
         if indices.size and (indices.min() < 0 or indices.max() >= count):
             raise RecordError(f"{self.where}: {key} index out of range [0, {count}): {indices.tolist()}")
-        return self.fields[key].entries(indices)
+        return self.fields[key].entries(indices, out)
 
 
 def unpack_map(packed, keys, where: str, what: str) -> dict:
@@ -423,14 +432,17 @@ class _BlobField(FieldReader):
         self._inflate = codec.inflate
         self._delta_coded = codec.flow_delta_coded and blobs.key == "flow_coords"
 
-    def entries(self, indices: np.ndarray) -> np.ndarray:
-        out = np.empty((len(indices),) + self.entry_shape, self._dtype.newbyteorder("="))
+    def entries(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((len(indices),) + self.entry_shape, self._dtype.newbyteorder("="))
         for slot, i in enumerate(indices):
             try:
                 self._inflate(self._blobs[i], out[slot])
             except ValueError as err:
                 raise RecordError(f"{self._blobs.where}: {self._blobs.key}[{i}] {err}") from err
-        return undelta_flow(out) if self._delta_coded else out
+        if self._delta_coded:
+            out[...] = undelta_flow(out)
+        return out
 
 
 def _inflate_blosc2(blob: memoryview, out: np.ndarray) -> None:

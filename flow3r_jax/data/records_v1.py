@@ -70,11 +70,14 @@ class _PackedField(FieldReader):
     def __init__(self, packed: PackedArray, where: str):
         self._packed, self._where = packed, where
 
-    def entries(self, indices: np.ndarray) -> np.ndarray:
+    def entries(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         rows = self._packed.rows(indices, self._where)
-        if self._packed.key != "flow_coords":
+        if self._packed.key == "flow_coords":
+            rows = undelta_flow(np.ascontiguousarray(rows))
+        if out is None:
             return rows
-        return undelta_flow(np.ascontiguousarray(rows))
+        out[...] = rows
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

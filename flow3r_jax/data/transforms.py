@@ -11,11 +11,13 @@ averaging when shrinking by more than AREA_MIN_SHRINK; labels (depth, validity, 
 targets, flow masks) take the value of the nearest source pixel, so no label is ever blended across a
 depth edge. Intrinsics and flow target coordinates go through the same affine map.
 
-Host half (numpy + OpenCV, whole clips, one pass per step): crops, uint8 resize, nearest-pixel sampling of
-the stored labels, and the few per-sample numbers of the other steps (`color_transform`,
-`pixel_to_world`, `flow_maps`). Device half (`apply_color_transform`, `world_points`, `flow_targets`;
-array module `xp` = numpy or jax.numpy, run by flow3r_jax/data/wire.py `expand_batch`): colour jitter
-is one 3 x 4 colour transform per frame, world points one 3 x 3 transform plus translation, flow one
+Host half (numpy + OpenCV, whole clips): which source pixels each output row and column reads
+(`nearest_source_index`, `linear_taps`), the few per-sample numbers of the other steps
+(`color_transform`, `pixel_to_world`, `flow_maps`), and, when the stored grids do not ship as they are
+(flow3r_jax/data/wire.py), the resampling itself: uint8 resize and nearest-pixel sampling of the stored
+labels. Device half (`apply_color_transform`, `world_points`, `flow_targets`; array module `xp` = numpy
+or jax.numpy, run by flow3r_jax/data/wire.py `expand_batch` after its gathers): colour jitter is one
+3 x 4 colour transform per frame, world points one 3 x 3 transform plus translation, flow one
 scale-and-offset of the stored integers. These are float32 where the step-by-step formulas were
 evaluated in float64 or in several float32 steps, so results differ from those by float32 rounding
 (about 1e-6 relative); label selection (nearest pixels, masks, validity) is exact.
@@ -86,6 +88,14 @@ class CropResize:
         return (_nearest_exact(self.y0, self.crop_height, self.out_height),
                 _nearest_exact(self.x0, self.crop_width, self.out_width))
 
+    def linear_taps(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """OpenCV's INTER_LINEAR resize of the crop window as two taps per output row and column:
+        ((rows (out_height, 2) int64 source rows, row_weights (out_height,) float32 weight of the second),
+        (cols (out_width, 2), col_weights (out_width,))). Taps beyond the window's edge are clamped to it,
+        as OpenCV replicates the border of the image it resizes."""
+        return (_linear_taps(self.y0, self.crop_height, self.out_height),
+                _linear_taps(self.x0, self.crop_width, self.out_width))
+
     def sample_nearest(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(n, H_src, W_src, ...) labels -> (n, out_height, out_width, ...) values of the source pixels
         `nearest_source_index` names, written into `out` when given (else a new array). OpenCV resizes
@@ -135,6 +145,22 @@ def _nearest_exact(start: int, size: int, out_size: int) -> np.ndarray:
     samples for each output index when resizing `size` source pixels to `out_size`."""
     ramp = np.arange(start, start + size, dtype=np.int32)[None, :]
     return cv2.resize(ramp, (out_size, 1), interpolation=cv2.INTER_NEAREST_EXACT)[0].astype(np.int64)
+
+
+def _linear_taps(start: int, size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """((out_size, 2) int64 source indices in [start, start + size), (out_size,) float32 weight of the
+    second) of OpenCV's INTER_LINEAR: position (v + 0.5) size / out_size - 0.5 in the window."""
+    position = ((np.arange(out_size) + 0.5) * (size / out_size) - 0.5).astype(np.float32)
+    first = np.floor(position)
+    weight = position - first
+    first = first.astype(np.int64)
+    weight[first < 0] = 0.0
+    first = np.maximum(first, 0)
+    beyond = first >= size - 1
+    weight[beyond] = 0.0
+    first = np.minimum(first, size - 1)
+    taps = np.stack([first, np.minimum(first + 1, size - 1)], axis=-1) + start
+    return taps, weight.astype(np.float32)
 
 
 def random_crop(source_hw: tuple[int, int], out_hw: tuple[int, int], scale_range: tuple[float, float],
@@ -229,15 +255,16 @@ def random_color_jitter(rng: np.random.Generator, brightness: float, contrast: f
                        hue=float(np.pi * rng.uniform(-hue, hue)))
 
 
-def color_transform(images: np.ndarray, jitter: ColorJitter | None) -> np.ndarray:
-    """(n, H, W, 3) uint8 frames -> (n, 3, 4) float32 per-frame affine colour maps x -> A x + t of the
-    jitter on values in [0, 1] (identity when `jitter` is None); `apply_color_transform` applies them.
+def color_transform(images, jitter: ColorJitter | None) -> np.ndarray:
+    """n frames (H, W, 3) uint8 (an array or a sequence; the samples pass the crop windows) -> (n, 3, 4)
+    float32 per-frame affine colour maps x -> A x + t of the jitter on values in [0, 1] (identity when
+    `jitter` is None); `apply_color_transform` applies them.
 
     Order: brightness (scale), contrast (blend with the frame's mean luma), saturation (blend with the
     pixel's luma), hue (rotation of the chroma plane in YIQ space), then a clip to [0, 1]. Before the clip
     these steps are one affine map per frame (t holds the frame's mean luma). Same jitter on every frame.
     """
-    count = images.shape[0]
+    count = len(images)
     if jitter is None:
         return np.broadcast_to(np.eye(3, 4, dtype=np.float32), (count, 3, 4)).copy()
     cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
@@ -255,8 +282,9 @@ def color_transform(images: np.ndarray, jitter: ColorJitter | None) -> np.ndarra
 
 
 def apply_color_transform(images, transform, xp):
-    """(..., n, H, W, 3) uint8 frames and (..., n, 3, 4) colour maps (`color_transform`) -> (..., n, H, W,
-    3) float32 A (images / 255) + t clipped to [0, 1]; exactly images / 255 for identity maps. Written as
+    """(..., n, H, W, 3) frames (uint8, or float values in [0, 255]) and (..., n, 3, 4) colour maps
+    (`color_transform`) -> (..., n, H, W, 3) float32 A (images / 255) + t clipped to [0, 1]; exactly
+    images / 255 for identity maps. Written as
     elementwise products and sums (no matrix unit, so no reduced-precision matmul on accelerators)."""
     values = images.astype(xp.float32) * xp.float32(1.0 / 255.0)
     per_pixel = transform[..., None, None, :, :]                         # (..., n, 1, 1, 3, 4)

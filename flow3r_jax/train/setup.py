@@ -80,10 +80,6 @@ class TrainProgram:
         """A fresh train state on the mesh, with the config's initial weights (config.init)."""
         return state_lib.init_state(self.layout, self.model_fn, self.config.seed, _weight_loader(self.config))
 
-    def batch_spec(self, batch_size: int, num_frames: int, num_pairs: int, height: int, width: int) -> dict:
-        """Abstract global wire batch with its shardings (for AOT compilation)."""
-        return train_step_lib.batch_spec(self.mesh, self.rules, batch_size, num_frames, num_pairs, height, width)
-
     def global_batch(self, local_batch: dict) -> dict:
         """This host's numpy (wire) batch -> global jax.Arrays on the mesh."""
         return train_step_lib.global_batch(local_batch, self.mesh, self.rules)
@@ -94,8 +90,8 @@ class TrainProgram:
             return self.train_step.lower(self.layout.abstract, batch_spec).compile()
 
     def bucket_spec(self, bucket: Bucket) -> dict:
-        """Abstract global batch of one bucket."""
-        return self.batch_spec(bucket.batch_size, bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width)
+        """Abstract global wire batch of one bucket with its shardings (for AOT compilation)."""
+        return train_step_lib.batch_spec(self.mesh, self.rules, bucket)
 
     def compile_buckets(self) -> dict[Bucket, Callable]:
         """{bucket: the train step compiled ahead of time for it}, for every bucket (logs count and time)."""
@@ -107,8 +103,9 @@ class TrainProgram:
 
     def bucket_of(self, batch: dict) -> Bucket:
         """The bucket whose shape a global wire batch has; ValueError if none."""
-        b, n, h, w = batch["images"].shape[:4]
-        bucket = Bucket(num_frames=n, height=h, width=w, num_pairs=batch["pair_indices"].shape[1], batch_size=b)
+        b, n, source_pixels = batch["images"].shape[:3]
+        bucket = Bucket(num_frames=n, height=batch["source_rows"].shape[1], width=batch["source_cols"].shape[1],
+                        num_pairs=batch["pair_indices"].shape[1], batch_size=b, source_pixels=source_pixels)
         if bucket not in self.buckets:
             raise ValueError(f"batch of shape {bucket} matches no training bucket of {[str(b) for b in self.buckets]}")
         return bucket

@@ -31,17 +31,18 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def train_flops_counter(model_cfg, frozen_mask) -> Callable[[dict], float]:
-    """batch -> model FLOPs (forward + backward) of one train step on it, from the shapes of its
-    images (B, N, H, W, 3) and pair_indices (B, S, 2); frozen_mask: pytree of bools over the params
-    (modules frozen as a whole take no backward pass)."""
+    """wire batch (flow3r_jax/data/wire.py) -> model FLOPs (forward + backward) of one train step on it,
+    from the shapes of its images (B, N, P, 3), source_rows (B, H), source_cols (B, W) and pair_indices
+    (B, S, 2); frozen_mask: pytree of bools over the params (modules frozen as a whole take no backward
+    pass)."""
     frozen = flops.frozen_modules(frozen_mask)
 
     @functools.cache
-    def of_shape(images_shape, pairs):
-        b, n, h, w, _ = images_shape
+    def of_shape(b, n, h, w, pairs):
         return flops.train_step_flops(model_cfg, b, n, h, w, pairs, frozen=frozen).model
 
-    return lambda batch: of_shape(tuple(batch["images"].shape), batch["pair_indices"].shape[1])
+    return lambda batch: of_shape(*batch["images"].shape[:2], batch["source_rows"].shape[1],
+                                  batch["source_cols"].shape[1], batch["pair_indices"].shape[1])
 
 
 class ScalarWindow:

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from flow3r_jax import sharding
+from flow3r_jax.data.buckets import Bucket
 from flow3r_jax.data.wire import WIRE_CONTRACT, expand_batch, wire_batch_shapes
 from flow3r_jax.train.state import StateLayout, TrainState
 
@@ -32,12 +33,12 @@ def wire_shardings(mesh: Mesh, rules) -> dict:
     return {key: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for key, (shape, _) in WIRE_CONTRACT.items()}
 
 
-def batch_spec(mesh: Mesh, rules, batch_size: int, num_frames: int, num_pairs: int, height: int,
-               width: int) -> dict:
-    """Abstract global wire batch (ShapeDtypeStructs with their shardings)."""
+def batch_spec(mesh: Mesh, rules, bucket: Bucket) -> dict:
+    """Abstract global wire batch of `bucket` (ShapeDtypeStructs with their shardings)."""
     shardings = wire_shardings(mesh, rules)
-    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[key])
-            for key, (shape, dtype) in wire_batch_shapes(batch_size, num_frames, num_pairs, height, width).items()}
+    shapes = wire_batch_shapes(bucket.batch_size, bucket.num_frames, bucket.num_pairs, bucket.height, bucket.width,
+                               bucket.source_pixels)
+    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[key]) for key, (shape, dtype) in shapes.items()}
 
 
 def global_batch(local_batch: dict, mesh: Mesh, rules) -> dict:
