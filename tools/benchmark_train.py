@@ -71,7 +71,7 @@ def random_batch(spec: dict, seed: int = 0) -> dict:
         "image_row_weights": per_sample(np.zeros(h), np.float32),
         "image_cols": per_sample(np.stack([cols, cols], -1)),
         "image_col_weights": per_sample(np.zeros(w), np.float32),
-        "color_transform": np.broadcast_to(np.eye(3, 4, dtype=np.float32), (b, n, 3, 4)).copy(),
+        "color_transform": per_sample(np.eye(3, 4), np.float32),
         "depth": rng.uniform(1.0, 3.0, (b, n, p)).astype(np.float16),
         "valid_mask": np.ones((b, n, p), np.uint8),
         "label_rows": per_sample(rows),

@@ -69,8 +69,7 @@ def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, 
     if labeled and not clip.is_labeled:
         raise RecordError(f"{where}: the source is declared labeled but the record has no 3D labels")
     rows, cols = crop.nearest_source_index()
-    windows = [f[crop.y0:crop.y0 + crop.crop_height, crop.x0:crop.x0 + crop.crop_width] for f in decoded]
-    small = {"color_transform": color_transform(windows, jitter), "source_rows": rows, "source_cols": cols,
+    small = {"color_transform": color_transform(jitter), "source_rows": rows, "source_cols": cols,
              "normal_ok": labeled and clip.normal_ok, "pair_indices": selection.pair_indices}
     small.update(_images(decoded, crop, out))
     small.update(_labels(clip, frames, crop, (rows, cols), where, out) if labeled else

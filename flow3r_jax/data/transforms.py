@@ -255,40 +255,39 @@ def random_color_jitter(rng: np.random.Generator, brightness: float, contrast: f
                        hue=float(np.pi * rng.uniform(-hue, hue)))
 
 
-def color_transform(images, jitter: ColorJitter | None) -> np.ndarray:
-    """n frames (H, W, 3) uint8 (an array or a sequence; the samples pass the crop windows) -> (n, 3, 4)
-    float32 per-frame affine colour maps x -> A x + t of the jitter on values in [0, 1] (identity when
-    `jitter` is None); `apply_color_transform` applies them.
+def color_transform(jitter: ColorJitter | None) -> np.ndarray:
+    """Colour jitter -> (3, 4) float32 [A | b]: the affine colour map x -> A x + b m of a frame's values x
+    in [0, 1], m the frame's mean luma (identity, b = 0, when `jitter` is None); `apply_color_transform`
+    applies it to every frame of a sample with each frame's own m.
 
     Order: brightness (scale), contrast (blend with the frame's mean luma), saturation (blend with the
     pixel's luma), hue (rotation of the chroma plane in YIQ space), then a clip to [0, 1]. Before the clip
-    these steps are one affine map per frame (t holds the frame's mean luma). Same jitter on every frame.
+    these steps are one affine map per frame.
     """
-    count = len(images)
+    out = np.eye(3, 4, dtype=np.float32)
     if jitter is None:
-        return np.broadcast_to(np.eye(3, 4, dtype=np.float32), (count, 3, 4)).copy()
+        return out
     cos, sin = np.cos(jitter.hue), np.sin(jitter.hue)
     rotation = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
     hue = _YIQ_TO_RGB.astype(np.float64) @ rotation @ _RGB_TO_YIQ.astype(np.float64) if jitter.hue else np.eye(3)
     luma = _LUMA.astype(np.float64)
     saturation = jitter.saturation * np.eye(3) + (1.0 - jitter.saturation) * np.outer(np.ones(3), luma)
     colour = hue @ saturation                                           # saturation, then hue
-    out = np.empty((count, 3, 4), np.float32)
-    for image, affine in zip(images, out, strict=True):
-        mean_luma = jitter.brightness * float(np.dot(cv2.mean(image)[:3], luma)) / 255.0
-        affine[:, :3] = colour * (jitter.contrast * jitter.brightness)
-        affine[:, 3] = colour @ np.full(3, (1.0 - jitter.contrast) * mean_luma)
+    out[:, :3] = colour * (jitter.contrast * jitter.brightness)
+    out[:, 3] = colour @ np.full(3, (1.0 - jitter.contrast) * jitter.brightness)
     return out
 
 
 def apply_color_transform(images, transform, xp):
-    """(..., n, H, W, 3) frames (uint8, or float values in [0, 255]) and (..., n, 3, 4) colour maps
-    (`color_transform`) -> (..., n, H, W, 3) float32 A (images / 255) + t clipped to [0, 1]; exactly
-    images / 255 for identity maps. Written as
-    elementwise products and sums (no matrix unit, so no reduced-precision matmul on accelerators)."""
+    """(..., n, H, W, 3) frames (uint8, or float values in [0, 255]) and (..., 3, 4) colour maps of their
+    samples (`color_transform`) -> (..., n, H, W, 3) float32 A x + b m clipped to [0, 1], x = images / 255
+    and m each frame's mean luma of x; exactly images / 255 for the identity map. Written as elementwise
+    products and sums (no matrix unit, so no reduced-precision matmul on accelerators)."""
     values = images.astype(xp.float32) * xp.float32(1.0 / 255.0)
-    per_pixel = transform[..., None, None, :, :]                         # (..., n, 1, 1, 3, 4)
-    mapped = (values[..., None, :] * per_pixel[..., :3]).sum(axis=-1) + per_pixel[..., 3]
+    mean_luma = (values * xp.asarray(_LUMA)).sum(axis=-1).mean(axis=(-2, -1))      # (..., n)
+    per_pixel = transform[..., None, None, None, :, :]                            # (..., 1, 1, 1, 3, 4)
+    mapped = (values[..., None, :] * per_pixel[..., :3]).sum(axis=-1) + \
+        per_pixel[..., 3] * mean_luma[..., None, None, None]
     return xp.clip(mapped, 0.0, 1.0)
 
 

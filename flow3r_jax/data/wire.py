@@ -31,8 +31,9 @@ image_rows           (H, 2)               int32    row offsets of the two rows e
 image_row_weights    (H,)                 float32  weight of the second of them (OpenCV INTER_LINEAR)
 image_cols           (W, 2)               int32    column offsets of the two columns blended
 image_col_weights    (W,)                 float32  weight of the second column
-color_transform      (N, 3, 4)            float32  per-frame colour map x -> A x + t on images / 255
-                                                   before the clip to [0, 1]; identity when off
+color_transform      (3, 4)               float32  colour map x -> A x + b m of the frames' values x =
+                                                   images / 255 (m: each frame's mean luma) before the
+                                                   clip to [0, 1]; identity when off
 depth                (N, P)               float16  stored z-depth, 0 when unlabeled
 valid_mask           (N, P)               uint8    stored validity (nonzero = valid); the contract's is
                                                    this and 0 < depth < inf
@@ -81,7 +82,7 @@ WIRE_CONTRACT = {
     "image_row_weights": (("H",), np.float32),
     "image_cols": (("W", 2), np.int32),
     "image_col_weights": (("W",), np.float32),
-    "color_transform": (("N", 3, 4), np.float32),
+    "color_transform": ((3, 4), np.float32),
     "depth": (("N", "P"), np.float16),
     "valid_mask": (("N", "P"), np.uint8),
     "label_rows": (("H",), np.int32),
