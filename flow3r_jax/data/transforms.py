@@ -26,7 +26,6 @@ evaluated in float64 or in several float32 steps, so results differ from those b
 from __future__ import annotations
 
 import dataclasses
-import fractions
 import math
 
 import cv2
@@ -198,20 +197,22 @@ def flow_maps(source_hw: tuple[int, int], crop: CropResize) -> tuple[np.ndarray,
     output size).
 
     Per axis: source pixel u = (n - 1) / 2 * (1 - q / S) (S = FLOW_NDC_SCALE, n the source size), output
-    pixel v = scale * u + offset (the crop's affine map) = v0 - slope * q, output NDC = 1 - 2 v / (m - 1).
-    v decreases with q, so the inside test is an integer range of q, computed in exact rational arithmetic.
+    pixel v = (u + 0.5 - x0) m / c - 0.5 (the crop's affine map; window start x0, size c), so v + 0.5 =
+    m / (2 c) ((n - 2 x0) - (n - 1) q / S) and output NDC = 1 - 2 v / (m - 1). v decreases with q, and the
+    inside test becomes S (n - 2 x0 - 2 c) / (n - 1) <= q <= S (n - 2 x0) / (n - 1), an integer range.
     """
-    half = fractions.Fraction(1, 2)
+    scale = int(FLOW_NDC_SCALE)
     to_ndc = np.zeros((2, 2), np.float32)
     bounds = np.zeros((2, 2), np.int32)
     axes = ((source_hw[1], crop.out_width, crop.x0, crop.crop_width),
             (source_hw[0], crop.out_height, crop.y0, crop.crop_height))
     for axis, (size, out, start, crop_size) in enumerate(axes):
-        scale = fractions.Fraction(out, crop_size)
-        v0 = scale * fractions.Fraction(size - 1, 2) + (half - start) * scale - half
-        slope = scale * fractions.Fraction(size - 1, 2) / fractions.Fraction(int(FLOW_NDC_SCALE))
-        bounds[axis] = (max(-32768, math.ceil((v0 - out + half) / slope)), min(32767, math.floor((v0 + half) / slope)))
-        to_ndc[axis] = (float(2 * slope / (out - 1)), float(1 - 2 * v0 / (out - 1)))
+        upper = scale * (size - 2 * start) // (size - 1)
+        lower = -(-scale * (size - 2 * start - 2 * crop_size) // (size - 1))       # ceil
+        bounds[axis] = (max(-32768, lower), min(32767, upper))
+        half_m_over_c = out / (2.0 * crop_size)
+        to_ndc[axis] = (2.0 * half_m_over_c * (size - 1) / (scale * (out - 1)),
+                        1.0 - 2.0 * (half_m_over_c * (size - 2 * start) - 0.5) / (out - 1))
     return to_ndc, bounds
 
 
