@@ -4,7 +4,8 @@ Prints frames/s of the Grain training pipeline (flow3r_jax/data/pipeline.py: wir
 train step expands on the device) per worker count, for labeled samples and for flow-only samples, the
 MB per sample of its batches and of the batch contract they expand to, the pure JPEG decode rate of the
 same frames in one process (the bound of one process: a sample cannot be built faster than its frames
-decode), and their ratio, overall and per process (workers, or 1 without). The decode rate is timed
+decode), and their ratio, overall and per process (workers, or 1 without), then the time the train
+step's first operation, the jitted `expand_batch`, takes per sample on the default JAX device. The decode rate is timed
 right before and right after each row, and the row is compared with their mean, since the speed of a
 shared machine drifts. On such a machine wall-clock rates also move with the load; the CPU column
 compares frames per CPU second of this process instead (pipeline without workers against decode).
@@ -29,6 +30,7 @@ for sources larger than the buffers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +38,8 @@ import pathlib
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -172,6 +176,19 @@ def main(argv) -> None:
                   f"{rate / decode:>10.2f} {rate / decode / max(workers, 1):>12.2f} {cpu_ratio:>14}")
     print(f"MB per sample: {megabytes_per_sample(batch):.1f} in the wire format, "
           f"{megabytes_per_sample(expand_batch(batch, np)):.1f} in the batch contract")
+    print(f"expand_batch with jax.numpy (jitted) on {jax.devices()[0].device_kind}: "
+          f"{expansion_seconds(batch) / _BATCH.value * 1e3:.1f} ms per sample")
+
+
+def expansion_seconds(batch: dict, repeats: int = 5) -> float:
+    """Seconds the jitted `expand_batch` (the train step's first operation) takes on a batch on device."""
+    expand = jax.jit(functools.partial(expand_batch, xp=jnp))
+    on_device = jax.device_put(batch)
+    jax.block_until_ready(expand(on_device))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(expand(on_device))
+    return (time.perf_counter() - start) / repeats
 
 
 if __name__ == "__main__":

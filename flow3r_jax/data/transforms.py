@@ -17,7 +17,8 @@ Host half (numpy + OpenCV, whole clips): which source pixels each output row and
 (flow3r_jax/data/wire.py), the resampling itself: uint8 resize and nearest-pixel sampling of the stored
 labels. Device half (`apply_color_transform`, `world_points`, `flow_targets`; array module `xp` = numpy
 or jax.numpy, run by flow3r_jax/data/wire.py `expand_batch` after its gathers): colour jitter is one
-3 x 4 colour transform per frame, world points one 3 x 3 transform plus translation, flow one
+3 x 4 colour transform per sample (with each frame's mean luma), world points one 3 x 3 transform plus
+translation per frame, flow one
 scale-and-offset of the stored integers. These are float32 where the step-by-step formulas were
 evaluated in float64 or in several float32 steps, so results differ from those by float32 rounding
 (about 1e-6 relative); label selection (nearest pixels, masks, validity) is exact.
