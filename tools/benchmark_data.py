@@ -5,9 +5,9 @@ train step expands on the device) per worker count, for labeled samples and for 
 MB per sample of its batches and of the batch contract they expand to, the pure JPEG decode rate of the
 same frames in one process (the bound of one process: a sample cannot be built faster than its frames
 decode), and their ratio, overall and per process (workers, or 1 without), then the time the train
-step's first operation, the jitted `expand_batch`, takes per sample on the default JAX device. The decode rate is timed
-right before and right after each row, and the row is compared with their mean, since the speed of a
-shared machine drifts. On such a machine wall-clock rates also move with the load; the CPU column
+step's first operation, the jitted `expand_batch`, takes per sample on the default JAX device. The decode
+rate is timed right before and right after each row, and the row is compared with their mean, since the
+speed of a shared machine drifts. On such a machine wall-clock rates also move with the load; the CPU column
 compares frames per CPU second of this process instead (pipeline without workers against decode).
 
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504

@@ -52,7 +52,8 @@ def build_sample(clip: ClipRecord, selection: FrameSelection, crop: CropResize, 
     only the selected frames and flow pairs of the record are decompressed. Each per-pixel field ships
     as stored when it fits the buffers (and, for frames, when `crop` resamples bilinearly), else
     resampled here to the output size. `jitter` becomes the sample's colour transform (identity when
-    None). `out`: the wire sample's arrays to write every key of (e.g. one slot of a batch), else new.
+    None). `out`: the wire sample's arrays to write every key of (e.g. one slot of a batch, its buffers of
+    `source_pixels` per frame), else new.
 
     `labeled` says whether the clip's source provides 3D labels; a labeled source whose record has none
     raises RecordError. The record's intrinsics and poses are checked to be finite (RecordError naming
@@ -183,12 +184,8 @@ def _flow(clip: ClipRecord, pair_rows: np.ndarray, crop: CropResize, nearest: tu
     else:
         coords, masks = clip.decode_flow_quantized(pair_rows[:count])
         out_hw = (crop.out_height, crop.out_width)
-        for stored_values, key in ((coords, "flow_quantized"), (masks, "flow_mask")):
-            grids = _grids(out[key], count, *out_hw)
-            if stride == 1:  # OpenCV's nearest resize is faster than the cell gather
-                crop.sample_nearest(stored_values, out=grids)
-            else:
-                crop.sample_cells(stored_values, stride, out=grids)
+        crop.sample_cells(coords, stride, out=_grids(out["flow_quantized"], count, *out_hw))
+        crop.sample_cells(masks, stride, out=_grids(out["flow_mask"], count, *out_hw))
         offsets = dict(zip(("flow_rows", "flow_cols"), _output_offsets(crop), strict=True))
     to_ndc, bounds = flow_maps((clip.height, clip.width), crop)
     return {"pair_stored": stored, "flow_to_ndc": to_ndc, "flow_bounds": bounds, **shifts, **offsets}

@@ -115,7 +115,10 @@ class CropResize:
     def sample_cells(self, array: np.ndarray, stride: int, out: np.ndarray | None = None) -> np.ndarray:
         """(n, Hf, Wf, ...) values per stride x stride cell of source pixels (flow3r_jax/data/flow_grid.py;
         1, 2, 4 or 8 bytes per cell) -> (n, out_height, out_width, ...) values of the cell holding each output
-        pixel's nearest source pixel (`nearest_source_index`), written into `out` when given (else new)."""
+        pixel's nearest source pixel (`nearest_source_index`), written into `out` when given (else new).
+        Stride 1 (one cell per pixel) is `sample_nearest`, OpenCV's nearest resize, faster than the gather."""
+        if stride == 1:
+            return self.sample_nearest(array, out)
         rows, cols = self.nearest_source_index()
         count, trailing = array.shape[0], array.shape[3:]
         if out is None:
