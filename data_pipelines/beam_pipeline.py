@@ -39,7 +39,9 @@ _NAMESPACE = "flow3r_shards"
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
-    """Settings of synthetic inputs; each input is a clip seed (int)."""
+    """Settings of synthetic inputs; each input is a clip seed (int). Their exact flow is stored per
+    `flow_stride` cell with the bound `flow_cell_error_px` as video ingestion stores pseudo-flow (1: per
+    pixel; flow3r_jax/data/flow_grid.py)."""
 
     height: int = 112
     width: int = 154
@@ -47,6 +49,8 @@ class SyntheticSpec:
     pairs_per_clip: int = 8
     dynamic: bool = False
     image_format: str = "jpeg"
+    flow_stride: int = VideoClipConfig.flow_stride
+    flow_cell_error_px: float = VideoClipConfig.flow_cell_error_px
 
 
 def build_shards_beam(inputs: list, out_dir, num_shards: int, *, source: str = "video",
@@ -146,7 +150,9 @@ def _record_maker(build: dict):
     if build["source"] == "synthetic":
         def synthetic_records(index, seed):
             clip = synthetic_record(seed, settings["height"], settings["width"], settings["frames_per_clip"],
-                                    settings["pairs_per_clip"], settings["dynamic"], settings["image_format"])
+                                    settings["pairs_per_clip"], settings["dynamic"], settings["image_format"],
+                                    flow_stride=settings["flow_stride"],
+                                    flow_cell_error_px=settings["flow_cell_error_px"])
             return [(clip.source_id, encode_clip(clip))]
         return synthetic_records
 

@@ -100,8 +100,7 @@ def unlabeled_clip(frames: np.ndarray, timestamps: np.ndarray, source_id: str, c
     config.image_format."""
     pairs = sample_pairs(len(frames), config.pairs_per_clip, seed=seed, max_gap=config.max_gap)
     coords, masks = pseudo_flow_targets(frames, pairs, estimator, config.flow_mode)
-    if config.flow_stride > 1:
-        coords, masks = coarsen_flow(coords, masks, config.flow_stride, config.flow_cell_error_px)
+    coords, masks = coarsen_flow(coords, masks, config.flow_stride, config.flow_cell_error_px)
     return Clip(source_id=source_id, timestamps=timestamps,
                 frames=[encode_frame(f, config.image_format, config.jpeg_quality) for f in frames],
                 height=frames.shape[1], width=frames.shape[2], depth=None, intrinsics=None, camera_poses=None,

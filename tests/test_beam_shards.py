@@ -72,6 +72,8 @@ def test_beam_job_on_synthetic_seeds(tmp_path):
     assert manifest["total_records"] == 3 and manifest["num_failures"] == 0
     clips = {c.source_id: c for p in manifest_shard_files(tmp_path) for c in read_clips(p)}
     assert len(clips) == 3 and all(c.is_labeled for c in clips.values())
+    # Exact flow stored per 2 x 2 cell by default, as video ingestion stores pseudo-flow.
+    assert all(c.flow_stride == 2 and c.flow_coords.shape == (2, 14, 21, 2) for c in clips.values())
     depth = generate_clip(6, 28, 42, 3, dynamic=True).depth
     match = [c for c in clips.values() if "seed=6:" in c.source_id][0]
     np.testing.assert_allclose(match.depth, depth, rtol=2.0 ** -11)

@@ -6,6 +6,7 @@ import pytest
 
 from data_pipelines.pseudo_flow import as_stored_per_cell, flow_accuracy, make_estimator, pseudo_flows
 from flow3r_jax.data.flow_grid import cell_centres, coarsen_flow, flow_grid_shape, refine_flow
+from flow3r_jax.data.records import FLOW_NDC_LIMIT
 from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_flow_to_ndc_coords, pixel_grid
 
@@ -39,6 +40,20 @@ def test_flow_constant_per_cell_comes_back_exactly(stride):
                                  np.arange(0, width, stride), axis=2)
     np.testing.assert_array_equal(cell_mask, lowest)
     np.testing.assert_array_equal(full_mask, np.repeat(np.repeat(lowest, stride, 1), stride, 2)[:, :height, :width])
+
+
+@pytest.mark.parametrize("size", [(392, 518), (27, 41)])
+def test_cell_targets_stay_within_their_pixels_targets(size):
+    """A cell's target is the mean of its pixels' targets: never outside their range, so flow clipped to
+    the record's limit stays within it (float rounding of the mean alone would leave it by up to 5e-7)."""
+    height, width = size
+    rng = np.random.default_rng(0)
+    coords = np.full((2, height, width, 2), FLOW_NDC_LIMIT, np.float32)
+    coords[1] = -FLOW_NDC_LIMIT
+    coords[0, :, : width // 2, 0] = rng.uniform(-FLOW_NDC_LIMIT, FLOW_NDC_LIMIT, (height, width // 2))
+    cells, _ = coarsen_flow(coords, np.ones((2, height, width), np.float32), 2, max_error_px=1.0)
+    assert np.abs(cells).max() <= np.float32(FLOW_NDC_LIMIT)
+    np.testing.assert_array_equal(cells[1], -np.float32(FLOW_NDC_LIMIT))
 
 
 def test_cells_across_a_motion_boundary_are_masked_and_kept_pixels_stay_within_the_bound():

@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from flow3r_jax.data.flow_grid import refine_flow
 from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import decode_frames
 from flow3r_jax.data.shard_reader import read_clips
 from flow3r_jax.data.shard_writer import file_sha256, manifest_shard_files
-from flow3r_jax.data.synthetic import generate_clip
+from flow3r_jax.data.synthetic import generate_clip, synthetic_record
 from flow3r_jax.data.synthetic_dataset import build_synthetic_shards
 from flow3r_jax.geometry.ndc import ndc_to_pixel, pixel_grid
 
@@ -54,6 +55,22 @@ def test_stored_flow_matches_depth_reprojection(static_shards):
                 assert err.max() < REPROJECTION_TOL_PX, (clip.source_id, i, j, err.max())
                 checked += 1
     assert checked == 16
+
+
+def test_flow_per_cell_keeps_pixels_within_its_bound_of_the_exact_flow():
+    """Exact flow stored per 2 x 2 cell with a 1 px bound: every pixel the mask keeps moves within 1 px (plus
+    float32 rounding) of its exact target, only co-visible pixels are kept, and most of them are."""
+    exact = synthetic_record(4, H, W, T, 4, dynamic=True)
+    cells = synthetic_record(4, H, W, T, 4, dynamic=True, flow_stride=2, flow_cell_error_px=1.0)
+    assert cells.flow_stride == 2 and cells.flow_coords.shape == (4, H // 2, W // 2, 2)
+    np.testing.assert_array_equal(cells.depth, exact.depth)
+    coords, mask = refine_flow(cells.flow_coords, cells.flow_mask, H, W, 2)
+    kept, covisible = mask > 0.5, exact.flow_mask > 0.5
+    assert not np.any(kept & ~covisible) and kept.sum() >= 0.8 * covisible.sum()
+    error = np.linalg.norm(ndc_to_pixel(coords, H, W) - ndc_to_pixel(exact.flow_coords, H, W), axis=-1)
+    assert error[kept].max() <= 1.0 + 1e-4
+    with pytest.raises(ValueError, match="flow_stride=2 needs flow_cell_error_px"):
+        synthetic_record(4, H, W, T, 4, dynamic=True, flow_stride=2)
 
 
 def test_covisible_pixels_are_photoconsistent_and_depth_consistent(static_shards):

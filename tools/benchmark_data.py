@@ -13,9 +13,11 @@ compares frames per CPU second of this process instead (pipeline without workers
 Defaults: the large recipe's sample shape (clips of 8 frames at 392x518, samples of 8 frames at 378x504
 with 8 flow pairs, batch 2), and clips storing as many pairs as the ingestion writes by default
 (`pairs_per_clip` of data_pipelines/video.py and data_pipelines/scannet.py). The clips are synthetic
-(flow3r_jax/data/synthetic.py). Labeled records carry the renderer's labels and exact flow; flow-only
-records are what video ingestion writes for the paper's unlabeled videos (data_pipelines/video.py
-`unlabeled_clip`: no labels, DIS pseudo-flow composed along the clip). `--distinct_clips` are rendered
+(flow3r_jax/data/synthetic.py). Labeled records carry the renderer's labels and exact flow, as
+`tools/build_shards.py --synthetic` writes them; flow-only records are what video ingestion writes for the
+paper's unlabeled videos (data_pipelines/video.py `unlabeled_clip`: no labels, DIS pseudo-flow composed
+along the clip). Both store flow per 2 x 2 cell by default, as those producers do; `--flow_stride=1`
+stores it per pixel. `--distinct_clips` are rendered
 once and repeated into `--clips` records in `--cache_dir`, reused by later runs (Grain's index shuffle
 costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to every sample
 that a dataset of realistic size does not pay).
@@ -44,6 +46,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
+from data_pipelines.beam_pipeline import SyntheticSpec
 from data_pipelines.pseudo_flow import make_estimator
 from data_pipelines.video import VideoClipConfig, unlabeled_clip
 from flow3r_jax.data import pipeline
@@ -67,7 +70,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 8, "flow pairs per sample")
 _STORED_PAIRS = flags.DEFINE_integer("stored_pairs", VideoClipConfig.pairs_per_clip,
                                      "flow pairs per stored clip (default: the ingestion default)")
 _FLOW_STRIDE = flags.DEFINE_integer("flow_stride", VideoClipConfig.flow_stride,
-                                    "flow-only records: flow stored per stride x stride cell (ingestion default)")
+                                    "flow stored per stride x stride cell in both kinds of records (default: "
+                                    "what tools/build_shards.py writes)")
 _HEIGHT = flags.DEFINE_integer("height", 378, "sample height")
 _WIDTH = flags.DEFINE_integer("width", 504, "sample width")
 _BATCH = flags.DEFINE_integer("batch", 2, "samples per batch")
@@ -85,7 +89,9 @@ def benchmark_shards(labeled: bool) -> str:
     build = {"kind": "benchmark", "record_version": RECORD_VERSION, "clips": _CLIPS.value,
              "distinct_clips": _DISTINCT_CLIPS.value, "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value,
              "width": _CLIP_WIDTH.value, "pairs": _STORED_PAIRS.value, "labeled": labeled}
-    if not labeled:
+    if labeled:
+        build["synthetic"] = dataclasses.asdict(SyntheticSpec(flow_stride=_FLOW_STRIDE.value))
+    else:
         build["ingestion"] = dataclasses.asdict(VideoClipConfig(clip_length=_CLIP_FRAMES.value,
                                                                 pairs_per_clip=_STORED_PAIRS.value,
                                                                 flow_stride=_FLOW_STRIDE.value))
@@ -110,7 +116,9 @@ def _benchmark_clip(seed: int, build: dict):
     """Rendered clip `seed` as a labeled record Clip or as video ingestion's flow-only one."""
     shape = (seed, build["height"], build["width"], build["frames"])
     if build["labeled"]:
-        return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1)
+        return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1,
+                                flow_stride=build["synthetic"]["flow_stride"],
+                                flow_cell_error_px=build["synthetic"]["flow_cell_error_px"])
     clip = generate_clip(*shape, dynamic=seed % 2 == 1)
     return unlabeled_clip(clip.images, clip.timestamps, f"benchmark:{seed}", VideoClipConfig(**build["ingestion"]),
                           make_estimator("dis"), seed=(seed, 1))

@@ -35,7 +35,8 @@ _MAX_GAP = flags.DEFINE_integer("max_gap", VideoClipConfig.max_gap, "Largest fra
 _FLOW_MODE = flags.DEFINE_enum("flow_mode", VideoClipConfig.flow_mode, FLOW_MODES,
                                "composed: chain adjacent-frame flows; direct: estimate each pair.")
 _FLOW_STRIDE = flags.DEFINE_integer("flow_stride", VideoClipConfig.flow_stride,
-                                    "Flow stored per stride x stride cell (1: per pixel, for a learned matcher).")
+                                    "Flow stored per stride x stride cell, of videos and synthetic clips "
+                                    "(1: per pixel, for a learned matcher).")
 _ESTIMATOR = flags.DEFINE_string("estimator", "dis", "Pseudo-flow estimator (data_pipelines/pseudo_flow.py).")
 _CHECKPOINT_PATH = flags.DEFINE_string("checkpoint_path", None, "Local checkpoint of a learned estimator.")
 _LOADER = flags.DEFINE_string("loader", None, "module:function loading a ufm / roma / sea_raft estimator.")
@@ -66,7 +67,8 @@ def main(argv):
             [input_seed(_SEED.value, k) for k in range(_SYNTHETIC.value)], _OUT.value, _NUM_SHARDS.value,
             source="synthetic", synthetic=SyntheticSpec(height=_HEIGHT.value, width=_WIDTH.value,
                                                         frames_per_clip=_CLIP_LENGTH.value,
-                                                        pairs_per_clip=_PAIRS_PER_CLIP.value, dynamic=_DYNAMIC.value),
+                                                        pairs_per_clip=_PAIRS_PER_CLIP.value, dynamic=_DYNAMIC.value,
+                                                        flow_stride=_FLOW_STRIDE.value),
             seed=_SEED.value, prefix=_PREFIX.value, pipeline_args=pipeline_args)
     else:
         config = VideoClipConfig(target_fps=_TARGET_FPS.value, clip_length=_CLIP_LENGTH.value,

@@ -4,7 +4,8 @@ A record may store a pair's flow with `flow_stride` s > 1 (flow3r_jax/data/recor
 the source pixels rows [s v, s v + s) x columns [s u, s u + s), clipped at the frame border, and stores:
 
   * the target (NDC of the target frame, as every stored flow) of the cell's centre, the mean position of
-    its pixels, moved by the mean displacement of its pixels;
+    its pixels, moved by the mean displacement of its pixels: the mean of its pixels' targets, so within
+    their range (a cell of pixels clipped to the record's limit stays within it);
   * a confidence: the lowest of its pixels, and 0 where some pixel's displacement is more than
     `max_error_px` from the mean (a motion boundary inside the cell).
 
@@ -55,8 +56,11 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
 
     coords (P, H, W, 2) NDC target coordinates of every pixel of the source frame in the target frame (of
     the same size); mask (P, H, W) confidence in [0, 1]. Returns coords (P, Hc, Wc, 2) float32 NDC target
-    of each cell centre and mask (P, Hc, Wc) float32, (Hc, Wc) = `flow_grid_shape`.
+    of each cell centre and mask (P, Hc, Wc) float32, (Hc, Wc) = `flow_grid_shape`; at stride 1 the
+    input as float32.
     """
+    if stride == 1:
+        return np.asarray(coords, np.float32), np.asarray(mask, np.float32)
     height, width = np.shape(mask)[1:]
     rows, cols = flow_grid_shape(height, width, stride)
     pad = ((0, 0), (0, rows * stride - height), (0, cols * stride - width))
@@ -76,6 +80,10 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
                       for x, y in zip(*(members(plane, "edge") for plane in planes), strict=True)], axis=0)
     lowest = np.min(members(np.asarray(mask, np.float32), "edge"), axis=0)
     target = pixel_to_ndc(_centre_grid(height, width, stride) + np.stack(means, axis=-1), height, width)
+    # The mean of the pixels' targets, kept within their range where float rounding would leave it.
+    pixel_targets = [members(np.asarray(coords, np.float32)[..., axis], "edge") for axis in range(2)]
+    target = np.clip(target, np.stack([np.min(m, axis=0) for m in pixel_targets], -1),
+                     np.stack([np.max(m, axis=0) for m in pixel_targets], -1))
     return target.astype(np.float32), np.where(squared <= max_error_px ** 2, lowest, 0.0).astype(np.float32)
 
 

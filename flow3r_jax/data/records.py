@@ -58,8 +58,9 @@ smaller read saves); a float16 depth map 0.1 ms vs 0.27 ms. Writing takes about 
 (LZ4HC-9: 16 ms for 1.88x), against about 120 ms to estimate a DIS pair. Depth stays float16 so every
 version decodes to the same values.
 
-Flow stored per cell (s = 2, what video ingestion writes for DIS pseudo-flow) takes a quarter of the
-bytes; reading and inflating a sample's flow costs as much less.
+Flow stored per cell (s = 2, what video ingestion writes for DIS pseudo-flow and tools/build_shards.py
+for the exact flow of synthetic clips) takes a quarter of the bytes; reading and inflating a sample's flow
+costs as much less.
 
 Older versions stay readable and decode to the same values: version 3 (this layout without
 ``flow_stride``: flow per pixel), version 2 (the same layout, blobs zstd

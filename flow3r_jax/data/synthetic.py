@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from flow3r_jax.data.flow_grid import coarsen_flow
 from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import FLOW_NDC_LIMIT, Clip, encode_frame
 from flow3r_jax.geometry.ndc import pixel_to_ndc
@@ -88,19 +89,26 @@ class SyntheticClip:
         covisible[candidate] = (hit_t >= 1.0 - VISIBILITY_RTOL) & (hit_id == ids[candidate])
         return coords, covisible
 
-    def to_record(self, pairs: np.ndarray, source_id: str, image_format: str = "jpeg") -> Clip:
-        """Record Clip with all labels and exact flow (NDC, clipped to +-FLOW_NDC_LIMIT) for `pairs` (P, 2)."""
+    def to_record(self, pairs: np.ndarray, source_id: str, image_format: str = "jpeg", flow_stride: int = 1,
+                  flow_cell_error_px: float | None = None) -> Clip:
+        """Record Clip with all labels and exact flow (NDC, clipped to +-FLOW_NDC_LIMIT) for `pairs` (P, 2),
+        stored per pixel or, with `flow_stride` > 1, per cell with cells whose pixels move more than
+        `flow_cell_error_px` apart masked (flow3r_jax/data/flow_grid.py `coarsen_flow`)."""
+        if flow_stride > 1 and flow_cell_error_px is None:
+            raise ValueError(f"flow_stride={flow_stride} needs flow_cell_error_px, the bound of a kept cell")
         num_frames, height, width = self.depth.shape
         flows = [self.flow(int(i), int(j)) for i, j in pairs]
         coords = np.stack([pixel_to_ndc(c, height, width) for c, _ in flows]) if flows else \
             np.zeros((0, height, width, 2), np.float32)
         masks = (np.stack([m for _, m in flows]).astype(np.float32) if flows
                  else np.zeros((0, height, width), np.float32))
+        coords, masks = coarsen_flow(np.clip(coords, -FLOW_NDC_LIMIT, FLOW_NDC_LIMIT), masks, flow_stride,
+                                     flow_cell_error_px)
         return Clip(source_id=source_id, timestamps=self.timestamps,
                     frames=[encode_frame(im, image_format) for im in self.images], height=height, width=width,
                     depth=self.depth, intrinsics=self.intrinsics, camera_poses=self.camera_poses,
                     valid_mask=self.depth > 0, normal_ok=True, flow_pairs=np.asarray(pairs, np.int32).reshape(-1, 2),
-                    flow_coords=np.clip(coords, -FLOW_NDC_LIMIT, FLOW_NDC_LIMIT).astype(np.float32), flow_mask=masks)
+                    flow_coords=coords, flow_mask=masks, flow_stride=flow_stride)
 
 
 def generate_clip(seed: int, height: int, width: int, num_frames: int, dynamic: bool) -> SyntheticClip:
@@ -131,12 +139,15 @@ def generate_clip(seed: int, height: int, width: int, num_frames: int, dynamic: 
 
 
 def synthetic_record(seed: int, height: int, width: int, num_frames: int, num_pairs: int, dynamic: bool,
-                     image_format: str = "jpeg", max_gap: int | None = None) -> Clip:
-    """One synthetic clip as a record Clip with `num_pairs` pairs drawn by `pairs.sample_pairs`."""
+                     image_format: str = "jpeg", max_gap: int | None = None, flow_stride: int = 1,
+                     flow_cell_error_px: float | None = None) -> Clip:
+    """One synthetic clip as a record Clip with `num_pairs` pairs drawn by `pairs.sample_pairs`, flow stored
+    per pixel or per `flow_stride` cell (`SyntheticClip.to_record`)."""
     clip = generate_clip(seed, height, width, num_frames, dynamic)
     pairs = sample_pairs(num_frames, num_pairs, seed=(seed, 1), max_gap=max_gap)
     kind = "dynamic" if dynamic else "static"
-    return clip.to_record(pairs, f"synthetic:{kind}:seed={seed}:{height}x{width}x{num_frames}", image_format)
+    return clip.to_record(pairs, f"synthetic:{kind}:seed={seed}:{height}x{width}x{num_frames}", image_format,
+                          flow_stride, flow_cell_error_px)
 
 
 def _random_scene(rng, num_frames: int, dynamic: bool) -> _Scene:
