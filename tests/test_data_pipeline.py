@@ -12,13 +12,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from support import data_config, reprojection_errors, with_values
+from support import data_config, reprojection_errors, run_tool, with_values
 
 from flow3r_jax.data import pipeline
 from flow3r_jax.data.buckets import train_buckets, wire_source_pixels
 from flow3r_jax.data.records import RecordError, decode_clip, decode_frames, encode_clip, open_clip
 from flow3r_jax.data.samples import SAMPLE_CONTRACT, build_sample
 from flow3r_jax.data.sampling import sample_rng, select_frames_and_pairs
+from flow3r_jax.data.shard_reader import read_clips
 from flow3r_jax.data.shard_writer import WRITER_OPTIONS
 from flow3r_jax.data.sources import resolve_sources
 from flow3r_jax.data.synthetic_dataset import ensure_synthetic_dataset
@@ -347,3 +348,20 @@ def test_mixing_follows_the_weights_and_unlabeled_sources_have_no_labels(data_cf
         assert np.all(batch["depth"][unlabeled] == 0) and np.all(batch["points"][unlabeled] == 0)
         np.testing.assert_array_equal(batch["camera_poses"][unlabeled],
                                       np.broadcast_to(np.eye(4), (unlabeled.sum(), N, 4, 4)))
+
+
+def test_benchmark_data_tool_times_both_sample_kinds_on_records_as_the_producers_store_them(tmp_path):
+    """tools/benchmark_data.py at a tiny shape: one row per sample kind with positive rates, the sizes line,
+    and shards of both kinds with flow per 2 x 2 cell (the producers' default)."""
+    shape = ["--clips=8", "--clip_frames=4", "--clip_height=28", "--clip_width=42", "--num_frames=2",
+             "--pairs=2", "--stored_pairs=2", "--height=28", "--width=42", "--batches=2", "--workers=0"]
+    result = run_tool("benchmark_data", f"--cache_dir={tmp_path}", *shape, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["labeled"], ["flow-only"])]
+    assert [row[:2] for row in rows] == [["labeled", "0"], ["flow-only", "0"]]
+    assert all(float(value) > 0 for row in rows for value in row[2:])
+    assert "MB per sample:" in result.stdout and "expand_batch with jax.numpy" in result.stdout
+    shards = sorted(tmp_path.glob("benchmark-*/*.array_record"))
+    assert len(shards) == 8
+    for shard in shards:
+        assert all(clip.flow_stride == 2 for clip in read_clips(shard))
