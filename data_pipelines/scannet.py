@@ -15,7 +15,9 @@ containing a frame with an invalid pose is skipped and logged. Colour is resized
 a z-buffer keeping the nearest point per pixel), so colour and depth align even when the sensors differ.
 Flow pairs follow flow3r_jax/data/pairs.py; flow is the static-scene reprojection of frame i's depth into
 frame j, co-visible when inside frame j, in front of it, and within `depth_rtol` (relative) of frame j's
-depth at the nearest pixel (occlusion test); pixels without depth are not co-visible.
+depth at the nearest pixel (occlusion test); pixels without depth are not co-visible. It is stored per
+`flow_stride` cell as video ingestion stores pseudo-flow (cells whose pixels move more than
+`flow_cell_error_px` apart masked; flow_stride=1: per pixel; flow3r_jax/data/flow_grid.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from data_pipelines.video import VideoClipConfig
+from flow3r_jax.data.flow_grid import coarsen_flow
 from flow3r_jax.data.pairs import sample_pairs
 from flow3r_jax.data.records import FLOW_NDC_LIMIT, Clip, encode_frame
 from flow3r_jax.geometry.ndc import pixel_grid, pixel_to_ndc
@@ -37,7 +41,8 @@ SCANNET_FPS = 30.0
 def convert_scannet_scene(scene_dir, size: tuple[int, int], clip_length: int = 8, clip_stride: int = 8,
                           frame_step: int = 10, pairs_per_clip: int = 8, max_gap: int | None = None,
                           depth_rtol: float = 0.05, seed: int = 0, normal_ok: bool = False,
-                          image_format: str = "jpeg") -> Iterator[Clip]:
+                          image_format: str = "jpeg", flow_stride: int = VideoClipConfig.flow_stride,
+                          flow_cell_error_px: float = VideoClipConfig.flow_cell_error_px) -> Iterator[Clip]:
     """Yield labeled record Clips of one scene (module doc); clip k draws its pairs from (seed, k)."""
     scene_dir = pathlib.Path(scene_dir)
     height, width = size
@@ -66,13 +71,14 @@ def convert_scannet_scene(scene_dir, size: tuple[int, int], clip_length: int = 8
             intrinsics.append(target_k)
         depth, intrinsics = np.stack(depths), np.stack(intrinsics).astype(np.float32)
         pairs = sample_pairs(clip_length, pairs_per_clip, seed=(seed, index), max_gap=max_gap)
-        coords, masks = depth_flow(depth, intrinsics, poses, pairs, depth_rtol)
+        coords, masks = coarsen_flow(*depth_flow(depth, intrinsics, poses, pairs, depth_rtol), flow_stride,
+                                     flow_cell_error_px)
         yield Clip(source_id=f"{scene_dir.name}:{window[0]}-{window[-1]}",
                    timestamps=np.array(window, np.float64) / SCANNET_FPS,
                    frames=[encode_frame(np.ascontiguousarray(im), image_format) for im in images],
                    height=height, width=width, depth=depth, intrinsics=intrinsics,
                    camera_poses=poses.astype(np.float32), valid_mask=depth > 0, normal_ok=normal_ok,
-                   flow_pairs=pairs, flow_coords=coords, flow_mask=masks)
+                   flow_pairs=pairs, flow_coords=coords, flow_mask=masks, flow_stride=flow_stride)
 
 
 def reproject_depth(depth: np.ndarray, k_source: np.ndarray, k_target: np.ndarray, size) -> np.ndarray:

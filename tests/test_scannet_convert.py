@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.scannet import convert_scannet_scene
+from flow3r_jax.data.flow_grid import refine_flow
 from flow3r_jax.data.records import decode_clip, encode_clip
 from flow3r_jax.data.synthetic import generate_clip
 from flow3r_jax.geometry.ndc import ndc_to_pixel
@@ -43,7 +44,7 @@ def scene(tmp_path_factory):
 def test_converted_clip_matches_synthetic_ground_truth(scene):
     root, truth = scene
     clips = list(convert_scannet_scene(root, (H, W), clip_length=3, clip_stride=3, frame_step=1, pairs_per_clip=4,
-                                       seed=0))
+                                       seed=0, flow_stride=1))
     assert [c.source_id for c in clips] == ["scene0000_00:0-20", "scene0000_00:30-50"]
     clip = decode_clip(encode_clip(clips[1]), "scannet#1")
     np.testing.assert_allclose(clip.timestamps, np.array([30, 40, 50]) / 30.0)
@@ -61,6 +62,17 @@ def test_converted_clip_matches_synthetic_ground_truth(scene):
         # ... and the flow equals the exact flow up to millimetre depth rounding: 0.05 px.
         err = np.linalg.norm(ndc_to_pixel(coords, H, W) - gt_coords, axis=-1)[both]
         assert err.max() < 0.05
+    # By default the flow is stored per 2 x 2 cell: every kept pixel within the 1 px bound (plus the depth
+    # rounding above) of the exact flow, and most co-visible pixels kept.
+    cells = decode_clip(encode_clip(next(convert_scannet_scene(root, (H, W), clip_length=3, clip_stride=3,
+                                                               frame_step=1, pairs_per_clip=4, seed=0))))
+    assert cells.flow_stride == 2 and cells.flow_coords.shape[1:3] == (H // 2, W // 2)
+    per_pixel, masks = refine_flow(cells.flow_coords, cells.flow_mask, H, W, 2)
+    for (i, j), coords, mask in zip(cells.flow_pairs, per_pixel, masks, strict=True):
+        gt_coords, gt_covisible = truth.flow(i, j)
+        kept = mask > 0.5
+        assert np.mean(kept & gt_covisible) > 0.8 * np.mean(gt_covisible)
+        assert np.linalg.norm(ndc_to_pixel(coords, H, W) - gt_coords, axis=-1)[kept & gt_covisible].max() < 1.05
 
 
 def test_clips_with_invalid_poses_are_skipped(tmp_path, caplog):
