@@ -17,10 +17,9 @@ with 8 flow pairs, batch 2), and clips storing as many pairs as the ingestion wr
 `tools/build_shards.py --synthetic` writes them; flow-only records are what video ingestion writes for the
 paper's unlabeled videos (data_pipelines/video.py `unlabeled_clip`: no labels, DIS pseudo-flow composed
 along the clip). Both store flow per 2 x 2 cell by default, as those producers do; `--flow_stride=1`
-stores it per pixel. `--distinct_clips` are rendered
-once and repeated into `--clips` records in `--cache_dir`, reused by later runs (Grain's index shuffle
-costs about 30 ms per epoch, so epochs of a few dozen records would add a millisecond to every sample
-that a dataset of realistic size does not pay).
+stores it per pixel. `--distinct_clips` are rendered once and repeated into `--clips` records in
+`--cache_dir`, reused by later runs (Grain's index shuffle costs about 30 ms per epoch, so epochs of a few
+dozen records would add a millisecond to every sample that a dataset of realistic size does not pay).
 
 With the default `--wire_source_area` the stored frames, labels and flow fit the wire buffers and ship as
 they are (the device resamples them); `--wire_source_area=1` makes the host resample every field, as
@@ -90,7 +89,8 @@ def benchmark_shards(labeled: bool) -> str:
              "distinct_clips": _DISTINCT_CLIPS.value, "frames": _CLIP_FRAMES.value, "height": _CLIP_HEIGHT.value,
              "width": _CLIP_WIDTH.value, "pairs": _STORED_PAIRS.value, "labeled": labeled}
     if labeled:
-        build["synthetic"] = dataclasses.asdict(SyntheticSpec(flow_stride=_FLOW_STRIDE.value))
+        build["flow_cells"] = {"flow_stride": _FLOW_STRIDE.value,
+                               "flow_cell_error_px": SyntheticSpec.flow_cell_error_px}
     else:
         build["ingestion"] = dataclasses.asdict(VideoClipConfig(clip_length=_CLIP_FRAMES.value,
                                                                 pairs_per_clip=_STORED_PAIRS.value,
@@ -116,9 +116,7 @@ def _benchmark_clip(seed: int, build: dict):
     """Rendered clip `seed` as a labeled record Clip or as video ingestion's flow-only one."""
     shape = (seed, build["height"], build["width"], build["frames"])
     if build["labeled"]:
-        return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1,
-                                flow_stride=build["synthetic"]["flow_stride"],
-                                flow_cell_error_px=build["synthetic"]["flow_cell_error_px"])
+        return synthetic_record(*shape, build["pairs"], dynamic=seed % 2 == 1, **build["flow_cells"])
     clip = generate_clip(*shape, dynamic=seed % 2 == 1)
     return unlabeled_clip(clip.images, clip.timestamps, f"benchmark:{seed}", VideoClipConfig(**build["ingestion"]),
                           make_estimator("dis"), seed=(seed, 1))
