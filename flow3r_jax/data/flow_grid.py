@@ -59,12 +59,13 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
     of each cell centre and mask (P, Hc, Wc) float32, (Hc, Wc) = `flow_grid_shape`; at stride 1 the
     input as float32.
     """
+    coords, mask = np.asarray(coords, np.float32), np.asarray(mask, np.float32)
     if stride == 1:
-        return np.asarray(coords, np.float32), np.asarray(mask, np.float32)
+        return coords, mask
     height, width = np.shape(mask)[1:]
     rows, cols = flow_grid_shape(height, width, stride)
     pad = ((0, 0), (0, rows * stride - height), (0, cols * stride - width))
-    displacement = ndc_to_pixel(np.asarray(coords, np.float32), height, width) - pixel_grid(height, width, np)
+    displacement = ndc_to_pixel(coords, height, width) - pixel_grid(height, width, np)
 
     def members(array: np.ndarray, mode: str) -> list[np.ndarray]:
         """(P, H, W) -> the s^2 arrays (P, Hc, Wc) of the pixel at each offset within its cell, the border
@@ -75,13 +76,14 @@ def coarsen_flow(coords: np.ndarray, mask: np.ndarray, stride: int,
     sizes = np.outer(cell_sizes(height, stride), cell_sizes(width, stride))
     planes = [displacement[..., axis] for axis in range(2)]
     means = [sum(members(plane, "constant")) / sizes for plane in planes]
-    # Edge padding repeats border pixels, which changes neither the largest deviation nor the lowest mask.
+    # Edge padding repeats border pixels, which changes neither the largest deviation, the lowest mask nor
+    # the range of the pixels' targets.
     squared = np.max([(x - means[0]) ** 2 + (y - means[1]) ** 2
                       for x, y in zip(*(members(plane, "edge") for plane in planes), strict=True)], axis=0)
-    lowest = np.min(members(np.asarray(mask, np.float32), "edge"), axis=0)
+    lowest = np.min(members(mask, "edge"), axis=0)
     target = pixel_to_ndc(_centre_grid(height, width, stride) + np.stack(means, axis=-1), height, width)
     # The mean of the pixels' targets, kept within their range where float rounding would leave it.
-    pixel_targets = [members(np.asarray(coords, np.float32)[..., axis], "edge") for axis in range(2)]
+    pixel_targets = [members(coords[..., axis], "edge") for axis in range(2)]
     target = np.clip(target, np.stack([np.min(m, axis=0) for m in pixel_targets], -1),
                      np.stack([np.max(m, axis=0) for m in pixel_targets], -1))
     return target.astype(np.float32), np.where(squared <= max_error_px ** 2, lowest, 0.0).astype(np.float32)
